@@ -22,11 +22,11 @@ from .fds import (
     set_nonblocking,
     set_pipe_size,
 )
-from .fork_exec import PendingExec, fork_exec, start_fork_exec
-from .posix_spawn import AVAILABLE as POSIX_SPAWN_AVAILABLE
-from .posix_spawn import posix_spawn
 from .request import SpawnRequest, find_program
 from .spawn import spawn, uses_posix_spawn
+from .spawn_fork import PendingExec, fork_exec, start_fork_exec
+from .spawn_posix import AVAILABLE as POSIX_SPAWN_AVAILABLE
+from .spawn_posix import posix_spawn
 from .wait import (
     ExitStatus,
     have_pidfd,

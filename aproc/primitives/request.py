@@ -59,26 +59,30 @@ def find_program(program: bytes, *, path: bytes | None, cwd: bytes | None) -> by
     or PermissionError when a match exists but is not executable, with ``filename`` set to the
     program as given.
     """
+
+    def seen_from_here(path: bytes) -> bytes:
+        return path if cwd is None or path.startswith(b"/") else os.path.join(cwd, path)
+
+    def for_exec(path: bytes) -> bytes:
+        # Both launchers exec after chdir(cwd). Joining a *relative* cwd would apply it twice
+        # ("sub/./x" looked up from inside "sub"), so only an absolute cwd is joined in.
+        return seen_from_here(path) if cwd is not None and cwd.startswith(b"/") else path
+
     if b"/" in program:
-        candidate = (
-            program if cwd is None or program.startswith(b"/") else os.path.join(cwd, program)
-        )
-        return candidate
+        return for_exec(program)
     search = path if path is not None else os.fsencode(os.defpath)
     denied = False
     for entry in search.split(b":"):
-        directory = entry or b"."
-        if cwd is not None and not directory.startswith(b"/"):
-            directory = os.path.join(cwd, directory)
-        candidate = os.path.join(directory, program)
+        candidate = os.path.join(entry or b".", program)
+        probe = seen_from_here(candidate)
         try:
-            st = os.stat(candidate)
+            st = os.stat(probe)
         except OSError:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        if os.access(candidate, os.X_OK):
-            return candidate
+        if os.access(probe, os.X_OK):
+            return for_exec(candidate)
         denied = True
     name = os.fsdecode(program)
     if denied:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import posix_spawn as _posix_spawn
-from .fork_exec import fork_exec
+from . import spawn_posix as _posix_spawn
 from .request import SpawnRequest
+from .spawn_fork import fork_exec
 
 __all__ = ["spawn", "uses_posix_spawn"]
 
