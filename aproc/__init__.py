@@ -16,11 +16,14 @@ from .errors import (
     ProcessTimeoutError,
     ReaperUnavailableError,
     StopTimeoutError,
+    SupervisorGaveUp,
 )
 from .pipeline import Pipeline, PipelineResult, run_pipeline, spawn_pipeline
 from .primitives import ExitStatus
 from .process import DEVNULL, PIPE, STDOUT, Process, run, spawn, spawn_shell
+from .readiness import Ready
 from .streams import DEFAULT_LINE_LIMIT, FdReceiveStream, FdSendStream
+from .supervisor import Backoff, ChildSpec, ChildStatus, Supervisor
 
 __version__ = "0.1.0.dev0"
 
@@ -29,6 +32,9 @@ __all__ = [
     "DEVNULL",
     "PIPE",
     "STDOUT",
+    "Backoff",
+    "ChildSpec",
+    "ChildStatus",
     "ExitStatus",
     "FdReceiveStream",
     "FdSendStream",
@@ -37,8 +43,11 @@ __all__ = [
     "PipelineResult",
     "Process",
     "ProcessTimeoutError",
+    "Ready",
     "ReaperUnavailableError",
     "StopTimeoutError",
+    "Supervisor",
+    "SupervisorGaveUp",
     "run",
     "run_pipeline",
     "spawn",

@@ -18,6 +18,7 @@ __all__ = [
     "ProcessTimeoutError",
     "ReaperUnavailableError",
     "StopTimeoutError",
+    "SupervisorGaveUp",
 ]
 
 
@@ -76,3 +77,32 @@ class StopTimeoutError(TimeoutError):
         )
         self.pid = pid
         self.waited = waited
+
+
+class SupervisorGaveUp(Exception):
+    """Children restarted more than ``max_restarts`` times within ``max_seconds``.
+
+    The supervisor has stopped every child. ``child`` names the child whose exit broke the
+    limit, ``restarts`` the number of restarts asked for within the window (its own included),
+    and ``returncode`` its last exit code
+    (None when it could not be started at all).
+    """
+
+    def __init__(
+        self,
+        child: str,
+        restarts: int,
+        max_restarts: int,
+        max_seconds: float,
+        returncode: int | None,
+    ) -> None:
+        super().__init__(
+            f"child {child!r} broke the restart intensity: {restarts} restarts needed within "
+            f"{max_seconds} s, more than max_restarts={max_restarts}; "
+            f"last returncode {returncode}"
+        )
+        self.child = child
+        self.restarts = restarts
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self.returncode = returncode

@@ -85,13 +85,18 @@ class FdReceiveStream(_FdStream, anyio.abc.ByteReceiveStream):
                 raise anyio.EndOfStream
             return data
 
-    async def lines(self, *, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[bytes]:
+    async def lines(
+        self, *, limit: int = DEFAULT_LINE_LIMIT, split_long: bool = False
+    ) -> AsyncIterator[bytes]:
         """Yield each line without its ``\\n``; a last line without one is yielded too.
 
-        Raises :class:`aproc.LineTooLongError` (an ``anyio.DelimiterNotFound``) when a line
-        exceeds ``limit`` bytes.
+        A line longer than ``limit`` bytes raises :class:`aproc.LineTooLongError` (an
+        ``anyio.DelimiterNotFound``), or with ``split_long=True`` comes out in pieces of
+        ``limit`` bytes, as a log collector wants.
         """
-        pending: list[bytes] = []
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        pending: list[bytes] = []  # pieces of a line whose newline has not arrived yet
         pending_len = 0
         while True:
             try:
@@ -101,29 +106,45 @@ class FdReceiveStream(_FdStream, anyio.abc.ByteReceiveStream):
                     yield b"".join(pending)
                 return
             lines = chunk.split(b"\n")
-            if len(lines) == 1:
-                pending.append(chunk)
-                pending_len += len(chunk)
-                if pending_len > limit:
-                    raise LineTooLongError(limit)
-                continue
-            if pending:
+            tail = lines.pop()
+            if lines and pending:
                 pending.append(lines[0])
                 lines[0] = b"".join(pending)
                 pending = []
                 pending_len = 0
-            last = lines.pop()
-            if len(chunk) > limit or len(lines[0]) > limit:
-                for line in lines:
-                    if len(line) > limit:
-                        raise LineTooLongError(limit)
-            if last:
-                if len(last) > limit:
-                    raise LineTooLongError(limit)
-                pending.append(last)
-                pending_len = len(last)
+            if tail:
+                pending.append(tail)
+                pending_len += len(tail)
+            # Only a chunk longer than the limit, or a line completing a carried-over part, can
+            # hold a line that is too long: the common case skips the per-line check.
+            if len(chunk) > limit or (lines and len(lines[0]) > limit):
+                lines = _enforce_limit(lines, limit, split_long)
             for line in lines:
                 yield line
+            if pending_len > limit:
+                if not split_long:
+                    raise LineTooLongError(limit)
+                joined = b"".join(pending)
+                # Keep 1..limit bytes pending: the line's last piece is only known once its
+                # newline (or EOF) arrives; emptying pending here would make that newline
+                # yield a spurious b"" line.
+                cut = (len(joined) - 1) // limit * limit
+                for start in range(0, cut, limit):
+                    yield joined[start : start + limit]
+                pending = [joined[cut:]]
+                pending_len = len(joined) - cut
+
+
+def _enforce_limit(lines: list[bytes], limit: int, split_long: bool) -> list[bytes]:
+    out: list[bytes] = []
+    for line in lines:
+        if len(line) <= limit:
+            out.append(line)
+        elif split_long:
+            out.extend(line[start : start + limit] for start in range(0, len(line), limit))
+        else:
+            raise LineTooLongError(limit)
+    return out
 
 
 class FdSendStream(_FdStream, anyio.abc.ByteSendStream):

@@ -61,6 +61,9 @@ class PendingExec:
         self._done = True
         report = b""
         try:
+            # An event loop that polled error_fd may have made it non-blocking (libuv does that
+            # to every fd it watches): the read loop below relies on blocking until EOF.
+            os.set_blocking(self.error_fd, True)
             while chunk := os.read(self.error_fd, 64):
                 report += chunk
         finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import stat
 from typing import Any
 
@@ -36,7 +37,14 @@ _ATTR_SIZE = 1024
 _SIGSET_SIZE = 256
 
 
-def _load() -> tuple[Any, Any, Any, Any] | None:
+def _add_signal(sigset: Any, sig: int) -> None:
+    """Set ``sig`` in a glibc sigset_t by hand: sigaddset refuses the signals glibc reserves."""
+    bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+    words = (ctypes.c_ulong * (_SIGSET_SIZE // ctypes.sizeof(ctypes.c_ulong))).from_buffer(sigset)
+    words[(sig - 1) // bits] |= 1 << ((sig - 1) % bits)
+
+
+def _load() -> tuple[Any, Any, Any, Any, Any] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.posix_spawn_file_actions_addclosefrom_np  # noqa: B018 - probe for glibc >= 2.34
@@ -46,9 +54,18 @@ def _load() -> tuple[Any, Any, Any, Any] | None:
         return None
     full = ctypes.create_string_buffer(_SIGSET_SIZE)
     empty = ctypes.create_string_buffer(_SIGSET_SIZE)
+    reserved = ctypes.create_string_buffer(_SIGSET_SIZE)
     libc.sigfillset(full)
     libc.sigemptyset(empty)
-    return libc, environ, full, empty
+    libc.sigemptyset(reserved)
+    # glibc's sigfillset leaves out the signals it reserves for itself (SIGCANCEL and SIGSETXID,
+    # 32 and 33), and its posix_spawn sets every reserved signal that is not in sigdefault to
+    # SIG_IGN in the child, a disposition that survives exec. Add them to sigdefault by hand.
+    for sig in range(1, signal.NSIG):
+        if libc.sigismember(full, sig) == 0:
+            _add_signal(full, sig)
+            _add_signal(reserved, sig)
+    return libc, environ, full, empty, reserved
 
 
 _loaded = _load()
@@ -92,7 +109,7 @@ def posix_spawn(request: SpawnRequest) -> int:
         raise RuntimeError("glibc posix_spawn with addchdir_np/addclosefrom_np is not available")
     if request.needs_fork:
         raise RuntimeError("this request needs the fork/execve launcher")
-    libc, environ, full, empty = _loaded
+    libc, environ, full, empty, reserved = _loaded
     stdio, temps = lift_stdio_sources(request.stdio)
     actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
@@ -120,11 +137,12 @@ def posix_spawn(request: SpawnRequest) -> int:
         rc = rc or libc.posix_spawn_file_actions_addclosefrom_np(
             actions, (keep[-1] + 1) if keep else 3
         )
-        flags = _SETSIGMASK
+        flags = _SETSIGMASK | _SETSIGDEF
         rc = rc or libc.posix_spawnattr_setsigmask(attr, empty)
-        if request.reset_signals:
-            flags |= _SETSIGDEF
-            rc = rc or libc.posix_spawnattr_setsigdefault(attr, full)
+        # reset_signals puts every signal back to SIG_DFL; without it, only the ones glibc
+        # reserves (see _load), which the parent never ignores but glibc would leave ignored.
+        sigdefault = full if request.reset_signals else reserved
+        rc = rc or libc.posix_spawnattr_setsigdefault(attr, sigdefault)
         if request.start_new_session:
             flags |= _SETSID
         if request.process_group is not None:
