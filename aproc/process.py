@@ -189,7 +189,10 @@ class Process(anyio.abc.Process):
         """Send SIGKILL (no-op once reaped)."""
         self._watch.send_signal(signal.SIGKILL)
 
-    def _signal_target(self, sig: int) -> None:
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the child's whole process group when it leads one (as
+        :meth:`stop` does), else to the child alone. Safe after the reap: a group that still
+        has members keeps its id, and an empty one is simply gone."""
         if self._group_leader:
             # The group outlives its leader while members remain, and its id stays allocated
             # as long as it has members, so signalling it after the leader's reap is safe.
@@ -221,13 +224,13 @@ class Process(anyio.abc.Process):
         grace = self._stop_timeout if timeout is None else timeout
         sig = self._stop_signal if signal is None else signal
         if self.returncode is None and grace > 0:
-            self._signal_target(sig)
+            self.signal_group(sig)
             if sig not in (_SIGKILL, _SIGCONT):
-                self._signal_target(_SIGCONT)
+                self.signal_group(_SIGCONT)
             with anyio.move_on_after(grace):
                 await self.wait()
         if self.returncode is None or self._group_leader:
-            self._signal_target(_SIGKILL)
+            self.signal_group(_SIGKILL)
         with anyio.move_on_after(kill_timeout) as scope:
             await self.wait()
         if scope.cancelled_caught:

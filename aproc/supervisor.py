@@ -44,6 +44,7 @@ __all__ = [
     "RestartType",
     "Strategy",
     "Supervisor",
+    "order_by_dependencies",
 ]
 
 RestartType = Literal["permanent", "transient", "temporary"]
@@ -105,7 +106,8 @@ class ChildSpec:
     ``python_unbuffered=False`` (a Python child block-buffers a pipe: PITFALLS.md 26).
     ``ready`` gates dependents (``depends_on`` names other specs) and must hold within
     ``start_timeout`` seconds. ``watchdog`` (seconds, with sd_notify) restarts a child that
-    stops sending ``WATCHDOG=1``. ``numprocs=N`` runs N copies named ``name.1`` ... ``name.N``.
+    stops sending ``WATCHDOG=1``. ``numprocs=N`` runs N copies named ``name.1`` ... ``name.N``;
+    with ``base_port`` each gets ``PORT`` = ``base_port`` + its number - 1, as honcho does.
     """
 
     name: str
@@ -123,6 +125,7 @@ class ChildSpec:
     watchdog: float | None = None
     capture_output: bool = True
     python_unbuffered: bool = True
+    base_port: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -155,8 +158,9 @@ class ChildSpec:
         if self.name in self.depends_on:
             raise ValueError(f"child {self.name!r} depends on itself")
 
-    def should_restart(self, returncode: int) -> bool:
-        """Whether an exit with ``returncode`` calls for a restart under this restart type."""
+    def should_restart(self, returncode: int | None) -> bool:
+        """Whether an exit with ``returncode`` calls for a restart under this restart type
+        (None: the child could not be started, which counts as a failure)."""
         if self.restart == "permanent":
             return True
         if self.restart == "transient":
@@ -165,10 +169,19 @@ class ChildSpec:
 
     def instances(self) -> list[ChildSpec]:
         """The specs this one expands to: itself, or ``name.1`` ... ``name.N``."""
-        if self.numprocs == 1:
+        if self.numprocs == 1 and self.base_port is None:
             return [self]
         return [
-            replace(self, name=f"{self.name}.{i}", numprocs=1) for i in range(1, self.numprocs + 1)
+            replace(
+                self,
+                name=self.name if self.numprocs == 1 else f"{self.name}.{i}",
+                numprocs=1,
+                base_port=None,
+                env=self.env
+                if self.base_port is None
+                else {**(self.env or {}), "PORT": str(self.base_port + i - 1)},
+            )
+            for i in range(1, self.numprocs + 1)
         ]
 
 
@@ -222,7 +235,7 @@ class _StartFailed(Exception):
     timeout passed. Treated like a crash."""
 
 
-def _order_by_dependencies(specs: Sequence[ChildSpec]) -> list[ChildSpec]:
+def order_by_dependencies(specs: Sequence[ChildSpec]) -> list[ChildSpec]:
     """Order specs so every spec follows what it depends on, keeping the given order otherwise.
 
     Raises ValueError for an unknown dependency or a cycle, naming them.
@@ -302,7 +315,7 @@ class Supervisor:
         self._on_output = on_output
         self._log_output = log_output
         self._kill_timeout = kill_timeout
-        self._specs = _order_by_dependencies(specs)
+        self._specs = order_by_dependencies(specs)
         self._children: list[_Child] = []
         self._restart_times: collections.deque[float] = collections.deque()
         self._gave_up: SupervisorGaveUp | None = None
@@ -369,6 +382,14 @@ class Supervisor:
     def status(self) -> list[ChildStatus]:
         """A snapshot of every child, in start order."""
         return [child.snapshot() for child in self._children]
+
+    def kill(self) -> None:
+        """SIGKILL every running child's process group now, without waiting: the operator's
+        second Ctrl-C. Stops already under way then finish at once."""
+        for child in self._children:
+            proc = child.proc
+            if proc is not None and proc.returncode is None:
+                proc.signal_group(signal.SIGKILL)
 
     def __repr__(self) -> str:
         states = ", ".join(f"{c.name}={c.state}" for c in self._children)
@@ -495,8 +516,9 @@ class Supervisor:
                     returncode, ran_for = await self._run_once(child, started)
                     if child.stopping_on_purpose or self._closing:
                         return
-                    if returncode is not None and not child.spec.should_restart(returncode):
-                        child.set_state("exited")
+                    if not child.spec.should_restart(returncode):
+                        if returncode is not None:
+                            child.set_state("exited")
                         return
                     if ran_for >= child.spec.backoff.reset_after:
                         child.attempt = 0
