@@ -247,11 +247,16 @@ class _Locator:
         start = self.table(*table) if table else 0
         if start is None:
             return None
-        pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+        pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*[=.]")  # key = / key.sub =
+        header = re.compile(r"^\s*\[\[?\s*" + re.escape(key) + r"\s*[.\]]")  # [key] / [key.x]
         for number in range(start + 1, len(self.lines) + 1):
             line = self.lines[number - 1]
             if re.match(r"^\s*\[", line):
-                break
+                if table:
+                    break
+                if header.match(line):  # a top-level key can also be a table header
+                    return number
+                pattern = header  # past the first header, `key =` is no longer top level
             if pattern.match(line):
                 return number
         return start or None
@@ -293,8 +298,8 @@ class _TomlReader:
 
 def parse_signal(value: str | int) -> int:
     """``"TERM"``, ``"SIGTERM"``, ``"term"`` or ``15`` -> 15. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a signal: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"expected a signal name or number, got {value!r}")
     if isinstance(value, int):
         try:
             return int(signal.Signals(value))
@@ -318,6 +323,8 @@ def parse_toml(text: str, path: str = "aproc.toml", base_dir: str | None = None)
         raise ConfigError(
             path, int(match.group(1)) if match else None, f"invalid TOML: {exc}"
         ) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays/tables
+        raise ConfigError(path, None, "invalid TOML: values nested too deeply") from None
     reader = _TomlReader(path, text)
     for key in data:
         if key not in ("supervisor", "process"):
@@ -353,11 +360,19 @@ def parse_toml(text: str, path: str = "aproc.toml", base_dir: str | None = None)
         reader.expect(("process",), name, table, (dict,), "a table")
         specs.append(_process_spec(reader, name, table, base_dir))
         lines[name] = reader.where.table("process", name)
+    known = {spec.name for spec in specs}
+    for spec in specs:
+        for dep in spec.depends_on:
+            if dep not in known:
+                raise reader.error(
+                    ("process", spec.name), "depends_on", f"unknown process {dep!r}"
+                )
     try:
         order_by_dependencies(specs)
     except ValueError as exc:
-        culprit = next((s.name for s in specs if s.name in str(exc)), None)
-        table = ("process", culprit) if culprit else ()
+        # "dependency cycle: a -> b -> a": blame the first process of the cycle.
+        first = str(exc).partition(": ")[2].split(" -> ")[0]
+        table = ("process", first) if first in known else ()
         raise reader.error(table, "depends_on", str(exc)) from None
     return Config(specs, strategy, max_restarts, max_seconds, source=path)
 
@@ -422,6 +437,8 @@ def _process_spec(
             deps = [deps]
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             raise reader.error(where, "depends_on", "expected a list of process names")
+        if name in deps:
+            raise reader.error(where, "depends_on", f"process {name!r} depends on itself")
         kwargs["depends_on"] = deps
     if "backoff" in table:
         backoff = reader.expect(where, "backoff", table["backoff"], (dict,), "a table")
@@ -465,7 +482,7 @@ def _ready(reader: _TomlReader, where: tuple[str, ...], value: Any) -> ReadyChec
                 raise ValueError("line must be a regular expression string")
             try:
                 compiled = re.compile(pattern.encode())
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
             stream = value.get("stream", "any")
             return Ready.line(compiled, stream)

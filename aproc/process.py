@@ -358,6 +358,7 @@ async def spawn(
     extra_groups: Iterable[int] | None = None,
     rlimits: Mapping[int, tuple[int, int]] | None = None,
     reset_signals: bool = True,
+    parent_death_signal: int | None = None,
     stop_signal: int = signal.SIGTERM,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
 ) -> Process:
@@ -368,7 +369,9 @@ async def spawn(
     STDOUT (stderr only), an fd or a file object. ``env`` replaces the environment (None
     inherits ours); the program is looked up on the child's PATH. The child sees only fds 0-2
     and ``pass_fds``. ``start_new_session``/``process_group=0`` make it lead its own process
-    group, so :meth:`Process.stop` takes the whole group. ``stop_signal`` and ``stop_timeout``
+    group, so :meth:`Process.stop` takes the whole group. ``parent_death_signal`` (Linux) is
+    sent to the child by the kernel if the thread running this event loop dies first (it takes
+    the fork path). ``stop_signal`` and ``stop_timeout``
     are the defaults :meth:`Process.stop` uses, also when the ``async with`` block is left by
     an exception.
 
@@ -402,6 +405,7 @@ async def spawn(
             group=group,
             extra_groups=extra_groups,
             rlimits=rlimits,
+            parent_death_signal=parent_death_signal,
         )
         if uses_posix_spawn(request):
             pid = posix_spawn(request)

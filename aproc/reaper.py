@@ -81,6 +81,9 @@ class ChildWatch:
             try:
                 status = _try_reap(self.pid)
             except ChildProcessError as exc:
+                # The status is gone for good: nothing is left to wait for, so release what
+                # the watch holds (the pidfd) rather than leak it with the failed wait.
+                self.close()
                 if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
                     raise ReaperUnavailableError(_SIGCHLD_IGNORED_HINT) from exc
                 raise ChildProcessError(
@@ -248,15 +251,18 @@ class SigchldReaper:
                 await self._listen(watch)
             finally:
                 self._listening = False
-                # Hand the listener role to someone still waiting, or their children's exits
-                # would go unnoticed.
-                for other in self._waiting.values():
-                    if other is not watch and other.status is None:
-                        other._wake()
-                        break
         finally:
             self._waiting.pop(watch.pid, None)
             watch._wakeup = None
+            if not self._listening:
+                # Nobody listens now: hand the role to someone still waiting, or their
+                # children's exits would go unnoticed. Not only the listener does this: a
+                # waiter woken to take the role over may find its own child already reaped
+                # and never listen, so it passes the role on before it polls.
+                for other in self._waiting.values():
+                    if other.status is None:
+                        other._wake()
+                        break
 
     async def _listen(self, watch: _SigchldWatch) -> None:
         receiver, signals = self._open_receiver()

@@ -108,6 +108,8 @@ class ChildSpec:
     ``start_timeout`` seconds. ``watchdog`` (seconds, with sd_notify) restarts a child that
     stops sending ``WATCHDOG=1``. ``numprocs=N`` runs N copies named ``name.1`` ... ``name.N``;
     with ``base_port`` each gets ``PORT`` = ``base_port`` + its number - 1, as honcho does.
+    ``die_with_supervisor`` (Linux) has the kernel SIGKILL the child if the supervisor's
+    thread dies without stopping it (the supervisor itself SIGKILLed): no orphans survive it.
     """
 
     name: str
@@ -126,6 +128,7 @@ class ChildSpec:
     capture_output: bool = True
     python_unbuffered: bool = True
     base_port: int | None = None
+    die_with_supervisor: bool = True
 
     def __post_init__(self) -> None:
         if (
@@ -243,6 +246,12 @@ def order_by_dependencies(specs: Sequence[ChildSpec]) -> list[ChildSpec]:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate child names: {', '.join(dupes)}")
+    # numprocs turns "w" into "w.1" ... "w.N", which may clash with another spec's own name;
+    # two children with one name would make every by-name operation ambiguous.
+    instances = [i.name for s in specs for i in s.instances()]
+    if len(set(instances)) != len(instances):
+        dupes = sorted({n for n in instances if instances.count(n) > 1})
         raise ValueError(f"duplicate child names: {', '.join(dupes)}")
     by_name = {s.name: s for s in specs}
     for spec in specs:
@@ -576,6 +585,7 @@ class Supervisor:
                     cwd=spec.cwd,
                     env=self._env_for(spec, notify),
                     start_new_session=True,
+                    parent_death_signal=signal.SIGKILL if spec.die_with_supervisor else None,
                     stop_signal=spec.stop_signal,
                     stop_timeout=spec.stop_timeout,
                 )

@@ -47,11 +47,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     kids_before = children_of(os.getpid())
     yield
     kids = {p: s for p, s in children_of(os.getpid()).items() if p not in kids_before}
-    leaked_fds = {
-        fd: target
-        for fd, target in open_fds().items()
-        if fds_before.get(fd) != target
-    }
+    leaked_fds = {fd: target for fd, target in open_fds().items() if fds_before.get(fd) != target}
     problems = []
     if kids:
         problems.append(f"child processes left behind (pid: state): {kids}")

@@ -99,7 +99,10 @@ class SpawnRequest:
     inherit the parent's own. ``pass_fds`` keep their numbers in the child; every other fd
     above 2 is closed.
     ``process_group`` follows ``os.posix_spawn``'s setpgroup: 0 makes the child the leader of a
-    new group, N puts it into group N.
+    new group, N puts it into group N. The child always starts with an empty signal mask;
+    ``reset_signals`` puts every signal disposition back to its default. With
+    ``parent_death_signal`` (Linux) the kernel sends that signal to the child when the parent
+    *thread* that spawned it exits, so a SIGKILLed supervisor leaves no orphans behind.
     """
 
     argv: tuple[bytes, ...]
@@ -117,6 +120,7 @@ class SpawnRequest:
     group: int | None = None
     extra_groups: tuple[int, ...] | None = None
     rlimits: tuple[tuple[int, tuple[int, int]], ...] = field(default=())
+    parent_death_signal: int | None = None
 
     @classmethod
     def create(
@@ -138,6 +142,7 @@ class SpawnRequest:
         group: int | None = None,
         extra_groups: Iterable[int] | None = None,
         rlimits: Mapping[int, tuple[int, int]] | None = None,
+        parent_death_signal: int | None = None,
     ) -> SpawnRequest:
         """Validate and normalise a request.
 
@@ -183,6 +188,7 @@ class SpawnRequest:
             group=group,
             extra_groups=None if extra_groups is None else tuple(extra_groups),
             rlimits=() if rlimits is None else tuple(sorted(rlimits.items())),
+            parent_death_signal=parent_death_signal,
         )
 
     @property
@@ -199,4 +205,5 @@ class SpawnRequest:
             or self.group is not None
             or self.extra_groups is not None
             or bool(self.rlimits)
+            or self.parent_death_signal is not None
         )

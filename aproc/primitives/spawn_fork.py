@@ -13,10 +13,13 @@ the pipe becoming readable instead of blocking on the read (PITFALLS.md 3).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import resource
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 from .fds import close_fds, lift_stdio_sources, pipe
 from .request import SpawnRequest
@@ -30,6 +33,19 @@ _RESETTABLE = tuple(
     sorted(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 )
 _ALL_SIGNALS = signal.valid_signals()
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up before any fork: the child must not go through the dynamic loader.
+_prctl = _load_prctl()
 
 _STEP_EXEC = b"exec"
 _STEP_CHDIR = b"chdir"
@@ -107,7 +123,7 @@ def _child(
     error_w: int,
     keep_fds: tuple[int, ...],
     env: dict[bytes, bytes] | None,
-    saved_mask: set[int | signal.Signals],
+    parent_pid: int,
 ) -> None:
     """Runs in the forked child: raw syscalls only, then execve. Never returns."""
     step = _STEP_SETUP
@@ -146,12 +162,17 @@ def _child(
             os.setreuid(request.user, request.user)
         for res, limits in request.rlimits:
             resource.setrlimit(res, limits)
+        if request.parent_death_signal is not None:
+            if _prctl is None or _prctl(_PR_SET_PDEATHSIG, request.parent_death_signal, 0, 0, 0):
+                raise OSError(ctypes.get_errno() or errno.ENOSYS, "prctl(PR_SET_PDEATHSIG)")
+            if os.getppid() != parent_pid:
+                # The parent died before the request took effect: act on it as it would have.
+                os.kill(os.getpid(), request.parent_death_signal)
         if request.reset_signals:
             for sig in _RESETTABLE:
                 signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        else:
-            signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+        # The same empty mask posix_spawn gives: nothing the parent blocked leaks into the child.
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         step = _STEP_EXEC
         if env is None:
             os.execv(request.executable, request.argv)
@@ -179,13 +200,14 @@ def start_fork_exec(request: SpawnRequest) -> PendingExec:
         error_r, error_w = pipe()
         try:
             keep_fds = tuple(sorted({*request.pass_fds, error_w}))
+            parent_pid = os.getpid()
             # Block every signal across fork so no handler of ours can run in the child before
             # it has reset them; the child restores a mask of its own just before execve.
             saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
             try:
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - the child execs or _exits
-                    _child(request, stdio, error_w, keep_fds, env, saved_mask)
+                    _child(request, stdio, error_w, keep_fds, env, parent_pid)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         except BaseException:
