@@ -62,7 +62,9 @@ def configure_logging(fmt: str, stream: TextIO) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # WriteLogger writes "event\n" in one write(); print() writes the newline separately,
+        # and a child sharing stderr (`aproc run`) could land its output mid-line in between.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
 
@@ -143,8 +145,13 @@ async def _supervise(
                             try:
                                 await sup.wait()
                             except SupervisorGaveUp:
-                                pass  # raised again when the supervisor block is left
-                            inner.cancel_scope.cancel()
+                                # Raised again when the supervisor block is left.
+                                inner.cancel_scope.cancel()
+                                return
+                            if socket_path is None:
+                                # With a control socket an operator may start children
+                                # again, so only a signal (or a give-up) ends the command.
+                                inner.cancel_scope.cancel()
 
                         inner.start_soon(on_signal)
                         inner.start_soon(on_done)
@@ -187,10 +194,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     socket_path = Path(args.socket) if args.socket else None
     try:
         _, gave_up = anyio.run(_supervise, sup, socket_path, backend=args.backend)
-    except ControlError as exc:
-        print(f"aproc: {exc}", file=sys.stderr)
+    except (ControlError, BaseExceptionGroup) as exc:
+        # The server fails inside task groups, so the error arrives wrapped in a group.
+        error = _find_control_error(exc)
+        if error is None:
+            raise
+        print(f"aproc: {error}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_GAVE_UP if gave_up is not None else EXIT_OK
+
+
+def _find_control_error(exc: BaseException) -> ControlError | None:
+    if isinstance(exc, ControlError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_control_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 _RESTART = {"always": "permanent", "on-failure": "transient", "never": "temporary"}

@@ -12,6 +12,7 @@ inside.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -227,6 +228,27 @@ _BACKOFF_KEYS = {"initial", "factor", "maximum", "jitter", "reset_after"}
 _READY_KEYS = {"tcp", "host", "line", "stream", "notify"}
 
 
+def _key_pattern(name: str) -> str:
+    """A regex for ``name`` written as a TOML key: bare, "basic" or 'literal'."""
+    forms = {
+        name,
+        json.dumps(name, ensure_ascii=False),
+        json.dumps(name),
+        f"'{name}'",
+    }
+    return "(?:" + "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) + ")"
+
+
+def _dotted_pattern(names: Sequence[str]) -> str:
+    return r"\s*\.\s*".join(_key_pattern(n) for n in names)
+
+
+def _show_key(name: str) -> str:
+    """``name`` as it reads in a dotted field: bare when it can be, else a quoted TOML key
+    (so a key holding a newline cannot break the one-line error)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 class _Locator:
     """Finds the line of a table or key in TOML source, for error messages (tomllib keeps
     no positions)."""
@@ -235,29 +257,28 @@ class _Locator:
         self.lines = text.splitlines()
 
     def table(self, *names: str) -> int | None:
-        pattern = re.compile(
-            r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(n) for n in names) + r"\s*\]\s*(#.*)?$"
-        )
+        pattern = re.compile(r"^\s*\[\s*" + _dotted_pattern(names) + r"\s*\]\s*(#.*)?$")
         for number, line in enumerate(self.lines, start=1):
             if pattern.match(line):
                 return number
         return None
 
     def key(self, table: tuple[str, ...], key: str) -> int | None:
+        """The line of ``key =`` (or ``key.sub =``) inside ``table``, or of a ``[table.key]``
+        header anywhere; else the table's own line."""
         start = self.table(*table) if table else 0
         if start is None:
             return None
-        pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*[=.]")  # key = / key.sub =
-        header = re.compile(r"^\s*\[\[?\s*" + re.escape(key) + r"\s*[.\]]")  # [key] / [key.x]
+        assignment = re.compile(r"^\s*" + _key_pattern(key) + r"\s*[=.]")
+        header = re.compile(r"^\s*\[\[?\s*" + _dotted_pattern((*table, key)) + r"\s*[.\]]")
+        inside = True  # still in the table's own section (the top level, for table == ())
         for number in range(start + 1, len(self.lines) + 1):
             line = self.lines[number - 1]
             if re.match(r"^\s*\[", line):
-                if table:
-                    break
-                if header.match(line):  # a top-level key can also be a table header
+                if header.match(line):
                     return number
-                pattern = header  # past the first header, `key =` is no longer top level
-            if pattern.match(line):
+                inside = False
+            elif inside and assignment.match(line):
                 return number
         return start or None
 
@@ -269,7 +290,7 @@ class _TomlReader:
 
     def error(self, table: tuple[str, ...], key: str | None, message: str) -> ConfigError:
         line = self.where.key(table, key) if key else self.where.table(*table)
-        dotted = ".".join((*table, key) if key else table)
+        dotted = ".".join(_show_key(k) for k in ((*table, key) if key else table))
         return ConfigError(self.path, line, message, dotted)
 
     def expect(
@@ -283,6 +304,8 @@ class _TomlReader:
 
     def number(self, table: tuple[str, ...], key: str, value: Any, minimum: float = 0) -> float:
         self.expect(table, key, value, (int, float), "a number")
+        if value != value:  # NaN
+            raise self.error(table, key, "expected a number, got nan")
         if value < minimum:
             raise self.error(table, key, f"must be >= {minimum}, got {value!r}")
         return float(value)
@@ -364,9 +387,7 @@ def parse_toml(text: str, path: str = "aproc.toml", base_dir: str | None = None)
     for spec in specs:
         for dep in spec.depends_on:
             if dep not in known:
-                raise reader.error(
-                    ("process", spec.name), "depends_on", f"unknown process {dep!r}"
-                )
+                raise reader.error(("process", spec.name), "depends_on", f"unknown process {dep!r}")
     try:
         order_by_dependencies(specs)
     except ValueError as exc:
@@ -428,6 +449,8 @@ def _process_spec(
     for key in ("stop_timeout", "start_timeout", "watchdog"):
         if key in table:
             kwargs[key] = reader.number(where, key, table[key])
+    if kwargs.get("watchdog") == 0:
+        raise reader.error(where, "watchdog", "must be > 0 seconds")
     for key in ("python_unbuffered", "capture_output"):
         if key in table:
             kwargs[key] = reader.expect(where, key, table[key], (bool,), "true or false")

@@ -162,7 +162,10 @@ class ControlServer:
                 return
             if uid not in (os.getuid(), 0):
                 log.warning("control.rejected", reason="foreign uid", uid=uid)
-                await _send(stream, {"v": PROTOCOL_VERSION, "ok": False, "error": "forbidden"})
+                try:
+                    await _send(stream, _error("forbidden"))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # it hung up first; letting this escape would take the server down
                 return
             buffer = b""
             try:
@@ -184,7 +187,7 @@ class ControlServer:
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[...
             return _error("malformed request: not JSON")
         if not isinstance(req, dict):
             return _error("malformed request: expected a JSON object")
@@ -200,6 +203,9 @@ class ControlServer:
             return _error(str(exc.args[0]) if exc.args else "not found")
         except (ValueError, TypeError) as exc:
             return _error(str(exc))
+        except Exception as exc:  # a request must never take the supervisor down
+            structlog.get_logger("aproc").exception("control.failed", cmd=cmd)
+            return _error(f"internal error: {type(exc).__name__}: {exc}")
         return {"v": PROTOCOL_VERSION, "ok": True, "result": result}
 
     async def _status(self, req: dict[str, Any]) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -201,6 +202,30 @@ class _SigchldWatch(ChildWatch):
         await self._reaper._wait_turn(self)
 
 
+def _sigchld_noop(signum: int, frame: Any) -> None:
+    """SIGCHLD's handler while no trio task listens (see below)."""
+
+
+def _python_handler_between_trio_listeners() -> None:
+    """Under trio, leave a no-op Python handler as SIGCHLD's disposition between listeners.
+
+    Leaving a signal receiver restores the disposition it found. Restoring SIG_DFL races with a
+    SIGCHLD delivered to another thread (trio's I/O thread in guest mode, a worker thread) in
+    the instant the handler is swapped: CPython then finds no Python handler for a signal it has
+    noted and reports an unraisable "Signal 17 ignored due to race condition" (bpo-43406).
+    Restoring a Python handler cannot race. Only trio restores what it found (asyncio restores
+    SIG_DFL, and uvloop's libuv owns SIGCHLD, which must not be touched).
+    """
+    trio = sys.modules.get("trio")
+    if trio is None or not trio.lowlevel.in_trio_run():
+        return
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGCHLD, _sigchld_noop)
+        except ValueError:
+            pass  # not the main thread: opening the receiver refuses this loop clearly
+
+
 class SigchldReaper:
     """Reaps on SIGCHLD by polling every waited-for pid (portable POSIX; main thread only)."""
 
@@ -215,6 +240,7 @@ class SigchldReaper:
 
     @staticmethod
     def _open_receiver() -> tuple[Any, AsyncIterator[signal.Signals]]:
+        _python_handler_between_trio_listeners()
         receiver = anyio.open_signal_receiver(signal.SIGCHLD)
         try:
             return receiver, receiver.__enter__()
@@ -231,7 +257,23 @@ class SigchldReaper:
         """Raise ReaperUnavailableError now if this loop cannot deliver SIGCHLD to us, so the
         refusal comes before a spawn rather than from a wait with a child already running."""
         receiver, _ = cls._open_receiver()
-        receiver.__exit__(None, None, None)
+        cls._close_receiver(receiver)
+
+    @staticmethod
+    def _close_receiver(receiver: Any) -> None:
+        """Leave a SIGCHLD receiver, which restores the disposition it replaced.
+
+        A SIGCHLD arriving in the instant ``signal.signal()`` swaps the Python handler out is
+        noted by CPython but finds no Python handler when it is processed, and CPython reports
+        it as an unraisable "OSError: Signal 17 ignored due to race condition" (bpo-43406).
+        Holding SIGCHLD back in this thread meanwhile leaves it pending in the kernel until the
+        old disposition is in place. Nothing is lost: a listener polls every pid when it starts.
+        """
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
+        try:
+            receiver.__exit__(None, None, None)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _poll_waiting(self) -> None:
         for watch in list(self._waiting.values()):
@@ -273,7 +315,7 @@ class SigchldReaper:
                 await signals.__anext__()
                 self._poll_waiting()
         finally:
-            receiver.__exit__(None, None, None)
+            self._close_receiver(receiver)
 
 
 _reaper_var: anyio.lowlevel.RunVar[Reaper] = anyio.lowlevel.RunVar("aproc_reaper")

@@ -16,12 +16,13 @@ Every lifecycle step is a structlog event on the ``"aproc"`` logger: ``child.sta
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal
@@ -33,6 +34,7 @@ import structlog
 from .errors import LineTooLongError, SupervisorGaveUp
 from .process import PIPE, Process, spawn
 from .readiness import NotifySocket, ReadyCheck, ReadyLine, ReadyNotify, ReadyTcp
+from .reaper import check_sigchld_disposition, current_reaper
 from .streams import FdReceiveStream
 
 __all__ = [
@@ -332,12 +334,18 @@ class Supervisor:
         self._group_lock: anyio.Lock | None = None
         self._done: anyio.Event | None = None
         self._closing = False
+        self._operations = 0
 
     # ----------------------------------------------------------------- public API
 
     async def __aenter__(self) -> Supervisor:
         if self._tg is not None:
             raise RuntimeError("a Supervisor can only be entered once")
+        # Refuse before anything starts when child exits cannot be observed here (SIGCHLD
+        # ignored, a reaper that cannot run in this thread): a plain ReaperUnavailableError,
+        # not one wrapped in an ExceptionGroup by the first child's runner.
+        check_sigchld_disposition()
+        current_reaper()
         self._group_lock = anyio.Lock()
         self._done = anyio.Event()
         self._children = [
@@ -419,24 +427,30 @@ class Supervisor:
         child = self._child(name)
         if child.state not in _TERMINAL and not child.held:
             return
-        child.held = False
-        child.attempt = 0
-        await self._start(child)
+        with self._operation():
+            child.held = False
+            child.attempt = 0
+            await self._start(child)
 
     async def stop_child(self, name: str) -> None:
         """Stop a child and keep it stopped: it is not restarted until started again."""
         child = self._child(name)
-        child.held = True
-        await self._stop(child)
-        self._check_done()
+        with self._operation():
+            child.held = True
+            await self._stop(child)
+            if child.state == "exited":
+                # It exited on its own (possibly just as it was being stopped): from now on it
+                # is held by the operator, and its state says so (PITFALLS.md 23).
+                child.set_state("stopped")
 
     async def restart_child(self, name: str) -> None:
         """Stop the child (if running) and start it again; returns once it is ready."""
         child = self._child(name)
-        await self._stop(child)
-        child.held = False
-        child.attempt = 0
-        await self._start(child)
+        with self._operation():
+            await self._stop(child)
+            child.held = False
+            child.attempt = 0
+            await self._start(child)
 
     async def add_child(self, spec: ChildSpec) -> None:
         """Add ``spec`` (all its numprocs instances) and start it."""
@@ -450,20 +464,21 @@ class Supervisor:
                 raise ValueError(f"child {spec.name!r} depends on unknown child {dep!r}")
         self._specs.append(spec)
         children = [_Child(instance, spec.name) for instance in new]
-        self._children.extend(children)
-        for child in children:
-            await self._start(child)
+        with self._operation():
+            self._children.extend(children)
+            for child in children:
+                await self._start(child)
 
     async def remove_child(self, name: str) -> None:
         """Stop a child and forget it. ``name`` may also be a numprocs group name."""
         targets = [c for c in self._children if name in (c.name, c.group)]
         if not targets:
             raise KeyError(f"no child named {name!r}")
-        for child in reversed(targets):
-            child.held = True
-            await self._stop(child)
-            self._children.remove(child)
-        self._check_done()
+        with self._operation():
+            for child in reversed(targets):
+                child.held = True
+                await self._stop(child)
+                self._children.remove(child)
 
     # ----------------------------------------------------------------- internals
 
@@ -473,8 +488,21 @@ class Supervisor:
                 return child
         raise KeyError(f"no child named {name!r}")
 
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        """Bracket an operator action: while one runs, a child it stops on its way to a start
+        (a restart) must not make the supervisor look finished to wait()."""
+        self._operations += 1
+        try:
+            yield
+        finally:
+            self._operations -= 1
+            self._check_done()
+
     def _check_done(self) -> None:
-        if self._done is not None and all(c.state in _TERMINAL for c in self._children):
+        if self._operations or self._done is None:
+            return
+        if all(c.state in _TERMINAL for c in self._children):
             self._done.set()
 
     async def _start(self, child: _Child) -> None:
@@ -521,6 +549,11 @@ class Supervisor:
         try:
             with anyio.CancelScope() as scope:
                 child.scope = scope
+                if child.stopping_on_purpose or self._closing:
+                    # A stop came after _start() scheduled this runner but before it ran, when
+                    # there was no scope to cancel yet: starting now would leave the stopper
+                    # waiting for a child nobody stops.
+                    return
                 while True:
                     returncode, ran_for = await self._run_once(child, started)
                     if child.stopping_on_purpose or self._closing:
@@ -602,6 +635,13 @@ class Supervisor:
             if proc is not None and proc.returncode is None:
                 with anyio.CancelScope(shield=True):
                     await self._stop_process(child, proc)
+            elif proc is not None:
+                # The leader exited on its own, but the rest of its process group (a shell's
+                # background jobs) lives on: it must not outlive its service, nor hold the
+                # service's port when it restarts (PITFALLS.md 21). stop() of a reaped group
+                # leader only SIGKILLs what is left of the group.
+                with anyio.CancelScope(shield=True):
+                    await proc.stop(timeout=0)
             if proc is not None:
                 proc._close_streams()
             if notify is not None:
@@ -614,39 +654,26 @@ class Supervisor:
         notify: NotifySocket | None,
         started: anyio.Event,
     ) -> int:
-        spec = child.spec
-        exited = anyio.Event()
-        watchdog_ping = [anyio.Event()]
+        # The output pumps are shielded: a stop from outside (operator, strategy, shutdown)
+        # must not cut them off before they have read what the child writes on its way out.
+        # They end at EOF, or at the drain deadline set once the child is gone.
+        drains = (anyio.CancelScope(shield=True), anyio.CancelScope(shield=True))
         async with anyio.create_task_group() as pumps:
-            for stream, stream_name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            streams = ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+            for drain, (stream, stream_name) in zip(drains, streams, strict=True):
                 if stream is not None:
-                    pumps.start_soon(self._pump, child, stream, stream_name)
-            async with anyio.create_task_group() as side:
-
-                async def wait_exit() -> None:
-                    await proc.wait()
-                    exited.set()
-
-                side.start_soon(wait_exit)
-                if notify is not None:
-                    side.start_soon(self._listen_notify, child, notify, watchdog_ping)
-                try:
-                    await self._await_ready(child, exited)
-                except _StartFailed as exc:
-                    _log().error(
-                        "child.start_failed", name=child.name, pid=proc.pid, error=str(exc)
-                    )
-                    if proc.returncode is None:
-                        await self._stop_process(child, proc, purpose=False)
-                else:
-                    child.set_state("running")
-                    child.ready.set()
-                    _log().info("child.ready", name=child.name, pid=proc.pid)
-                started.set()
-                if spec.watchdog is not None and proc.returncode is None:
-                    side.start_soon(self._watchdog, child, proc, watchdog_ping)
-                await exited.wait()
-                side.cancel_scope.cancel()
+                    pumps.start_soon(self._pump, child, stream, stream_name, drain)
+            try:
+                await self._watch_until_exit(child, proc, notify, started)
+            finally:
+                if proc.returncode is None:
+                    with anyio.CancelScope(shield=True):
+                        await self._stop_process(child, proc)
+                # Output written just before the exit is still in the pipes: read it, bounded,
+                # in case a grandchild holds them open.
+                deadline = anyio.current_time() + _DRAIN_AFTER_EXIT
+                for drain in drains:
+                    drain.deadline = deadline
             status = proc.exit_status
             assert status is not None
             returncode = status.returncode
@@ -661,10 +688,43 @@ class Supervisor:
             )
             if child.state not in ("stopping", "stopped"):
                 child.set_state("exited")
-            # Output written just before the exit is still in the pipes: read it, bounded, in
-            # case a grandchild holds them open.
-            pumps.cancel_scope.deadline = anyio.current_time() + _DRAIN_AFTER_EXIT
         return returncode
+
+    async def _watch_until_exit(
+        self,
+        child: _Child,
+        proc: Process,
+        notify: NotifySocket | None,
+        started: anyio.Event,
+    ) -> None:
+        """Readiness, notify messages and the watchdog, until the child exits."""
+        spec = child.spec
+        exited = anyio.Event()
+        watchdog_ping = [anyio.Event()]
+        async with anyio.create_task_group() as side:
+
+            async def wait_exit() -> None:
+                await proc.wait()
+                exited.set()
+
+            side.start_soon(wait_exit)
+            if notify is not None:
+                side.start_soon(self._listen_notify, child, notify, watchdog_ping)
+            try:
+                await self._await_ready(child, exited)
+            except _StartFailed as exc:
+                _log().error("child.start_failed", name=child.name, pid=proc.pid, error=str(exc))
+                if proc.returncode is None:
+                    await self._stop_process(child, proc, purpose=False)
+            else:
+                child.set_state("running")
+                child.ready.set()
+                _log().info("child.ready", name=child.name, pid=proc.pid)
+            started.set()
+            if spec.watchdog is not None and proc.returncode is None:
+                side.start_soon(self._watchdog, child, proc, watchdog_ping)
+            await exited.wait()
+            side.cancel_scope.cancel()
 
     async def _await_ready(self, child: _Child, exited: anyio.Event) -> None:
         ready = child.spec.ready
@@ -694,10 +754,27 @@ class Supervisor:
         if outcome and outcome[0] == "exited":
             raise _StartFailed("exited before it was ready")
 
-    async def _pump(self, child: _Child, stream: FdReceiveStream, stream_name: str) -> None:
+    async def _pump(
+        self,
+        child: _Child,
+        stream: FdReceiveStream,
+        stream_name: str,
+        drain: anyio.CancelScope,
+    ) -> None:
         ready = child.spec.ready
         check = ready if isinstance(ready, ReadyLine) else None
         log = _log() if self._log_output else None
+        with drain:
+            await self._pump_lines(child, stream, stream_name, check, log)
+
+    async def _pump_lines(
+        self,
+        child: _Child,
+        stream: FdReceiveStream,
+        stream_name: str,
+        check: ReadyLine | None,
+        log: Any,
+    ) -> None:
         try:
             async for line in stream.lines(limit=_OUTPUT_LINE_LIMIT, split_long=True):
                 if (

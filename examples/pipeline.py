@@ -1,6 +1,6 @@
 """A shell-style pipeline wired with OS pipes: no byte passes through Python.
 
-    python examples/pipeline.py [asyncio|trio]
+python examples/pipeline.py [asyncio|trio]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """The synchronous primitives on their own: spawn with a pipe, read, reap, decode.
 
-    python examples/primitives_spawn.py
+python examples/primitives_spawn.py
 """
 
 import os

@@ -1,6 +1,6 @@
 """Stream a child's output line by line while it runs, on any anyio backend.
 
-    python examples/stream_lines.py [asyncio|trio]
+python examples/stream_lines.py [asyncio|trio]
 """
 
 import sys

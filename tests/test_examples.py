@@ -22,6 +22,16 @@ EXPECTED = {
         "stopped after 0.5 s; it had printed b'working\\n'",
     ],
     "pipeline.py": ["2 apple", "returncodes per stage: [0, 0, 0]", "-> 3"],
+    "supervise_workers.py": [
+        "child.ready",
+        "name=web",
+        "child.restarting",
+        "oops, crashing",
+        "GET http://127.0.0.1:",
+        "-> 200",
+        "child.stopped",
+        "all children stopped",
+    ],
 }
 
 
