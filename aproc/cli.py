@@ -190,6 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         max_seconds=config.max_seconds,
         on_output=printer,
         log_output=False,
+        subreaper=True,
     )
     socket_path = Path(args.socket) if args.socket else None
     try:

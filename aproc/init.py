@@ -13,15 +13,15 @@ event loop, and nothing else runs in this process.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import time
 from collections.abc import Sequence
 
 from .primitives import ExitStatus, SpawnRequest, spawn
+from .primitives.tree import become_subreaper, children_of
 
-__all__ = ["FORWARDED_SIGNALS", "become_subreaper", "exit_code", "run_init"]
+__all__ = ["FORWARDED_SIGNALS", "exit_code", "run_init"]
 
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -33,16 +33,6 @@ FORWARDED_SIGNALS = (
     signal.SIGWINCH,
     signal.SIGCONT,
 )
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Make orphaned descendants re-parent to this process (Linux >= 3.4). True on success."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def exit_code(status: ExitStatus) -> int:
@@ -66,20 +56,7 @@ def _reap_all(main_pid: int) -> tuple[ExitStatus | None, bool]:
 
 
 def _direct_children() -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        if int(fields[1]) == me and fields[0] != b"Z":
-            found.append(int(entry))
-    return found
+    return [p.pid for p in children_of(os.getpid()) if p.state != "Z"]
 
 
 def _signal_all(pids: Sequence[int], sig: int) -> None:

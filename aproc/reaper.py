@@ -202,28 +202,25 @@ class _SigchldWatch(ChildWatch):
         await self._reaper._wait_turn(self)
 
 
-def _sigchld_noop(signum: int, frame: Any) -> None:
-    """SIGCHLD's handler while no trio task listens (see below)."""
+_RACE_REPORT = f"Signal {int(signal.SIGCHLD)} ignored due to race condition"
 
 
-def _python_handler_between_trio_listeners() -> None:
-    """Under trio, leave a no-op Python handler as SIGCHLD's disposition between listeners.
+def _signal_check_point() -> None:
+    """Calling a Python function is a point where CPython runs pending signal handlers."""
 
-    Leaving a signal receiver restores the disposition it found. Restoring SIG_DFL races with a
-    SIGCHLD delivered to another thread (trio's I/O thread in guest mode, a worker thread) in
-    the instant the handler is swapped: CPython then finds no Python handler for a signal it has
-    noted and reports an unraisable "Signal 17 ignored due to race condition" (bpo-43406).
-    Restoring a Python handler cannot race. Only trio restores what it found (asyncio restores
-    SIG_DFL, and uvloop's libuv owns SIGCHLD, which must not be touched).
-    """
-    trio = sys.modules.get("trio")
-    if trio is None or not trio.lowlevel.in_trio_run():
-        return
-    if signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL:
-        try:
-            signal.signal(signal.SIGCHLD, _sigchld_noop)
-        except ValueError:
-            pass  # not the main thread: opening the receiver refuses this loop clearly
+
+class _DropSigchldRaceReport:
+    """An unraisable hook that drops CPython's report of a benign SIGCHLD race and passes
+    everything else on."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, OSError) and str(exc) == _RACE_REPORT:
+            return
+        self.previous(unraisable)
 
 
 class SigchldReaper:
@@ -240,7 +237,6 @@ class SigchldReaper:
 
     @staticmethod
     def _open_receiver() -> tuple[Any, AsyncIterator[signal.Signals]]:
-        _python_handler_between_trio_listeners()
         receiver = anyio.open_signal_receiver(signal.SIGCHLD)
         try:
             return receiver, receiver.__enter__()
@@ -261,18 +257,24 @@ class SigchldReaper:
 
     @staticmethod
     def _close_receiver(receiver: Any) -> None:
-        """Leave a SIGCHLD receiver, which restores the disposition it replaced.
+        """Leave a SIGCHLD receiver, which restores the disposition it replaced (SIG_DFL).
 
         A SIGCHLD arriving in the instant ``signal.signal()`` swaps the Python handler out is
-        noted by CPython but finds no Python handler when it is processed, and CPython reports
-        it as an unraisable "OSError: Signal 17 ignored due to race condition" (bpo-43406).
-        Holding SIGCHLD back in this thread meanwhile leaves it pending in the kernel until the
-        old disposition is in place. Nothing is lost: a listener polls every pid when it starts.
+        noted by CPython but finds no Python handler when it is run, and CPython reports it as
+        an unraisable "OSError: Signal 17 ignored due to race condition" (bpo-43406): noise on
+        stderr, a failure under pytest. Nothing is lost (a listener polls every pid when it
+        starts). So SIGCHLD is held back in this thread meanwhile, to stay pending in the
+        kernel until the old disposition is in place; and one that another thread took in that
+        instant is run before this returns, its report dropped.
         """
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
+        hook = sys.unraisablehook
+        sys.unraisablehook = _DropSigchldRaceReport(hook)
         try:
             receiver.__exit__(None, None, None)
+            _signal_check_point()
         finally:
+            sys.unraisablehook = hook
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _poll_waiting(self) -> None:

@@ -32,6 +32,7 @@ import anyio.abc
 import structlog
 
 from .errors import LineTooLongError, SupervisorGaveUp
+from .primitives.tree import become_subreaper, session_members
 from .process import PIPE, Process, spawn
 from .readiness import NotifySocket, ReadyCheck, ReadyLine, ReadyNotify, ReadyTcp
 from .reaper import check_sigchld_disposition, current_reaper
@@ -293,6 +294,11 @@ class Supervisor:
     ``on_output(name, stream, line)`` receives every output line of every child that captures
     output; with ``log_output`` (default) each line is also logged as ``child.output``.
 
+    When a service ends, whatever it left in its session is killed with it. ``subreaper=True``
+    (Linux) also makes this process a child subreaper, so orphans of the services re-parent to
+    it rather than to PID 1, and are reaped when their service ends. It is a process-wide
+    setting: use it when the supervisor owns the process, as ``aproc up`` does.
+
     Example::
 
         async with aproc.Supervisor([aproc.ChildSpec("web", ["python", "-m", "http.server"])]):
@@ -309,6 +315,7 @@ class Supervisor:
         on_output: OutputCallback | None = None,
         log_output: bool = True,
         kill_timeout: float = 5.0,
+        subreaper: bool = False,
     ) -> None:
         if strategy not in ("one_for_one", "one_for_all", "rest_for_one"):
             raise ValueError(
@@ -326,6 +333,7 @@ class Supervisor:
         self._on_output = on_output
         self._log_output = log_output
         self._kill_timeout = kill_timeout
+        self._subreaper = subreaper
         self._specs = order_by_dependencies(specs)
         self._children: list[_Child] = []
         self._restart_times: collections.deque[float] = collections.deque()
@@ -346,6 +354,8 @@ class Supervisor:
         # not one wrapped in an ExceptionGroup by the first child's runner.
         check_sigchld_disposition()
         current_reaper()
+        if self._subreaper and not become_subreaper():
+            _log().warning("supervisor.subreaper_unavailable")
         self._group_lock = anyio.Lock()
         self._done = anyio.Event()
         self._children = [
@@ -644,8 +654,42 @@ class Supervisor:
                     await proc.stop(timeout=0)
             if proc is not None:
                 proc._close_streams()
+                with anyio.CancelScope(shield=True):
+                    await self._sweep_session(child, proc.pid)
             if notify is not None:
                 notify.close()
+
+    async def _sweep_session(self, child: _Child, sid: int) -> None:
+        """Kill what the service left in its session outside its process group (a daemon that
+        left the group but not the session), and reap those re-parented to us as subreaper.
+
+        Each service runs in a session of its own whose id is its first pid, so whatever still
+        carries that session id belongs to the service that just ended.
+        """
+        me = os.getpid()
+        leftovers = [p for p in session_members(sid) if p.pid != me]
+        if not leftovers:
+            return
+        _log().warning(
+            "child.leftovers_killed", name=child.name, sid=sid, pids=[p.pid for p in leftovers]
+        )
+        for p in leftovers:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reaper = current_reaper()
+        with anyio.move_on_after(self._kill_timeout):
+            for p in leftovers:
+                if p.ppid != me:
+                    continue  # init (or another subreaper) reaps it
+                watch = reaper.watch(p.pid)
+                try:
+                    await watch.wait()
+                except ChildProcessError:
+                    pass  # reaped meanwhile by someone else's waitpid
+                finally:
+                    watch.close()
 
     async def _watch(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
@@ -804,3 +805,56 @@ async def test_restarting_the_only_child_does_not_end_wait() -> None:
                 assert sup.status()[0].state == "running"
                 await sup.stop_child("only")
                 await waited.wait()
+
+
+# A grandchild that leaves the service's process group (a group kill misses it) but stays in
+# its session, as a daemon started with job control does.
+LEAVE_GROUP = "import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(60)"
+
+
+async def test_a_daemon_that_left_the_group_dies_with_its_service(logs: Events) -> None:
+    lines = Lines()
+    script = f"{sys.executable} -c '{LEAVE_GROUP}' & wait"
+    spec = aproc.ChildSpec("daemonish", ["sh", "-c", script], stop_timeout=2)
+    with anyio.fail_after(15):
+        async with aproc.Supervisor([spec], on_output=lines) as sup:
+            await lines.wait_for(lambda: any(line[1] == "stdout" for line in lines.lines))
+            gpid = int(next(line[2] for line in lines.lines if line[1] == "stdout"))
+            leader = by_name(sup)["daemonish"].pid
+            assert leader is not None
+            assert os.getpgid(gpid) == gpid
+            assert os.getsid(gpid) == leader
+    assert await wait_gone(gpid) in (None, "Z")
+    assert [e["pids"] for e in named(logs, "child.leftovers_killed")] == [[gpid]]
+
+
+def test_subreaper_adopts_and_reaps_what_its_services_leave() -> None:
+    # In a process of its own: becoming a subreaper is process-wide, and this test process
+    # must not start adopting every other test's orphans.
+    script = f"""
+import anyio, aproc, os, sys
+from aproc.primitives import children_of
+
+async def main():
+    pids = []
+    def on_output(name, stream, line):
+        if stream == "stdout":
+            pids.append(int(line))
+    # The service starts a daemon that leaves its group, and exits: the daemon is re-parented
+    # to the subreaper, and killed and reaped when the service's end is handled.
+    spec = aproc.ChildSpec(
+        "svc", ["sh", "-c", "{sys.executable} -c '{LEAVE_GROUP}' & sleep 0.5"],
+        restart="temporary",
+    )
+    async with aproc.Supervisor([spec], on_output=on_output, subreaper=True) as sup:
+        await sup.wait()
+    assert pids, "the daemon never reported"
+    print("children left:", [p.pid for p in children_of(os.getpid())])
+
+anyio.run(main)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "children left: []"

@@ -27,6 +27,7 @@ from .spawn import spawn, uses_posix_spawn
 from .spawn_fork import PendingExec, fork_exec, start_fork_exec
 from .spawn_posix import AVAILABLE as POSIX_SPAWN_AVAILABLE
 from .spawn_posix import posix_spawn
+from .tree import ProcInfo, become_subreaper, children_of, list_processes, session_members
 from .wait import (
     ExitStatus,
     have_pidfd,
@@ -41,7 +42,10 @@ __all__ = [
     "POSIX_SPAWN_AVAILABLE",
     "ExitStatus",
     "PendingExec",
+    "ProcInfo",
     "SpawnRequest",
+    "become_subreaper",
+    "children_of",
     "close_fds",
     "close_range",
     "dup2",
@@ -49,12 +53,14 @@ __all__ = [
     "fork_exec",
     "have_pidfd",
     "lift_stdio_sources",
+    "list_processes",
     "move_above_stdio",
     "pidfd_open",
     "pidfd_send_signal",
     "pipe",
     "posix_spawn",
     "send_signal",
+    "session_members",
     "set_blocking",
     "set_inheritable",
     "set_nonblocking",
