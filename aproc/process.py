@@ -68,6 +68,12 @@ DEFAULT_DRAIN_TIMEOUT = 1.0
 _PIPE_SIZE = 1024 * 1024
 
 
+# A module-level lazy proxy: it reads structlog's configuration when first used, so an
+# application configures structlog whenever it likes, and with cache_logger_on_first_use the
+# spawn/exit events of a filtered level cost almost nothing on this hot path.
+_log = structlog.get_logger("aproc")
+
+
 def _argv_for_log(argv: Sequence[bytes]) -> list[str]:
     return [os.fsdecode(a) for a in argv]
 
@@ -167,7 +173,7 @@ class Process(anyio.abc.Process):
         self._watch.close()
         status = self._watch.status
         assert status is not None
-        structlog.get_logger("aproc").debug(
+        _log.debug(
             "process.exited",
             pid=self.pid,
             argv=self.args,
@@ -440,7 +446,7 @@ async def spawn(
         stop_signal=stop_signal,
         stop_timeout=stop_timeout,
     )
-    structlog.get_logger("aproc").debug("process.spawned", pid=pid, argv=proc.args)
+    _log.debug("process.spawned", pid=pid, argv=proc.args)
     return proc
 
 

@@ -69,12 +69,15 @@ class ChildWatch:
     so a recycled pid is never signalled (PITFALLS.md 12).
     """
 
-    __slots__ = ("_lock", "pid", "status")
+    __slots__ = ("_next_turn", "_waiting", "pid", "status")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.status: ExitStatus | None = None
-        self._lock = anyio.Lock(fast_acquire=True)
+        # One task at a time waits on the OS for this child (an fd admits one waiter); the
+        # others, rare, park on _next_turn. Cheaper than a lock for the one-waiter case.
+        self._waiting = False
+        self._next_turn: anyio.Event | None = None
 
     def poll(self) -> ExitStatus | None:
         """Reap the child if it has exited; return its status, or None while it runs."""
@@ -105,11 +108,23 @@ class ChildWatch:
         if self.status is not None:
             await anyio.lowlevel.checkpoint()
             return self.status
-        async with self._lock:
-            while self.poll() is None:
+        while (status := self.poll()) is None:
+            if self._waiting:
+                if self._next_turn is None:
+                    self._next_turn = anyio.Event()
+                await self._next_turn.wait()
+                continue
+            self._waiting = True
+            try:
                 await self._wait_for_exit()
-        assert self.status is not None
-        return self.status
+            finally:
+                # Done, or cancelled: either way let the others look again (one of them takes
+                # over the waiting if the child still runs).
+                self._waiting = False
+                turn, self._next_turn = self._next_turn, None
+                if turn is not None:
+                    turn.set()
+        return status
 
     async def _wait_for_exit(self) -> None:
         raise NotImplementedError
@@ -152,12 +167,13 @@ class _PidfdWatch(ChildWatch):
     def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, -1
         if fd >= 0:
-            # Whoever waits on the pidfd must wake with ClosedResourceError rather than wait on
-            # a number the kernel may hand out again (PITFALLS.md 20).
-            try:
-                anyio.notify_closing(fd)
-            except Exception:
-                pass  # no event loop in this thread (close() from a finaliser)
+            if self._waiting:
+                # The task waiting on the pidfd must wake with ClosedResourceError rather than
+                # wait on a number the kernel may hand out again (PITFALLS.md 20).
+                try:
+                    anyio.notify_closing(fd)
+                except Exception:
+                    pass  # no event loop in this thread (close() from a finaliser)
             os.close(fd)
 
     async def _wait_for_exit(self) -> None:
@@ -209,6 +225,10 @@ def _signal_check_point() -> None:
     """Calling a Python function is a point where CPython runs pending signal handlers."""
 
 
+def _sigchld_noop(signum: int, frame: Any) -> None:
+    """SIGCHLD's handler between two listeners of the SIGCHLD reaper (see _close_receiver)."""
+
+
 class _DropSigchldRaceReport:
     """An unraisable hook that drops CPython's report of a benign SIGCHLD race and passes
     everything else on."""
@@ -257,21 +277,25 @@ class SigchldReaper:
 
     @staticmethod
     def _close_receiver(receiver: Any) -> None:
-        """Leave a SIGCHLD receiver, which restores the disposition it replaced (SIG_DFL).
+        """Leave a SIGCHLD receiver, which restores the disposition it replaced.
 
-        A SIGCHLD arriving in the instant ``signal.signal()`` swaps the Python handler out is
-        noted by CPython but finds no Python handler when it is run, and CPython reports it as
-        an unraisable "OSError: Signal 17 ignored due to race condition" (bpo-43406): noise on
-        stderr, a failure under pytest. Nothing is lost (a listener polls every pid when it
-        starts). So SIGCHLD is held back in this thread meanwhile, to stay pending in the
-        kernel until the old disposition is in place; and one that another thread took in that
-        instant is run before this returns, its report dropped.
+        A SIGCHLD that CPython notes just as ``signal.signal()`` swaps its Python handler for
+        SIG_DFL finds no Python handler when it is run, and CPython reports it as an unraisable
+        "OSError: Signal 17 ignored due to race condition" (bpo-43406): noise on stderr, a
+        failure under pytest. Nothing is lost (a listener polls every pid when it starts), so
+        the report is avoided: SIGCHLD is held back in this thread while the handler changes;
+        one that another thread took meanwhile is run before this returns, its report dropped;
+        and from then on SIGCHLD keeps a no-op Python handler instead of SIG_DFL (both leave
+        exit statuses to waitpid), so a signal noted late still finds a handler.
         """
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
         hook = sys.unraisablehook
         sys.unraisablehook = _DropSigchldRaceReport(hook)
         try:
             receiver.__exit__(None, None, None)
+            if signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL:
+                signal.signal(signal.SIGCHLD, _sigchld_noop)
+                signal.siginterrupt(signal.SIGCHLD, False)
             _signal_check_point()
         finally:
             sys.unraisablehook = hook

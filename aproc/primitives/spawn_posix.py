@@ -97,6 +97,39 @@ def _diagnose_cwd(cwd: bytes) -> OSError | None:
     return None
 
 
+_attribute_cache: dict[tuple[bool, bool, int | None], Any] = {}
+
+
+def _attributes(reset_signals: bool, new_session: bool, process_group: int | None) -> Any:
+    """The posix_spawnattr_t for these settings, built once and reused: posix_spawn only reads
+    it, and a spawn should not pay for 60-odd sigset operations every time."""
+    key = (reset_signals, new_session, process_group)
+    attr = _attribute_cache.get(key)
+    if attr is not None:
+        return attr
+    assert _loaded is not None
+    libc, _, full, empty, reserved = _loaded
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    libc.posix_spawnattr_init(attr)
+    flags = _SETSIGMASK | _SETSIGDEF
+    rc = libc.posix_spawnattr_setsigmask(attr, empty)
+    # reset_signals puts every signal back to SIG_DFL; without it, only the ones glibc reserves
+    # (see _load), which the parent never ignores but glibc would leave ignored.
+    rc = rc or libc.posix_spawnattr_setsigdefault(attr, full if reset_signals else reserved)
+    if new_session:
+        flags |= _SETSID
+    if process_group is not None:
+        flags |= _SETPGROUP
+        rc = rc or libc.posix_spawnattr_setpgroup(attr, process_group)
+    rc = rc or libc.posix_spawnattr_setflags(attr, ctypes.c_short(flags))
+    if rc:
+        libc.posix_spawnattr_destroy(attr)
+        raise OSError(rc, os.strerror(rc))
+    if process_group in (None, 0):  # joining group N is rare and N varies: don't hoard those
+        _attribute_cache[key] = attr
+    return attr
+
+
 def posix_spawn(request: SpawnRequest) -> int:
     """Start ``request`` with posix_spawn; return the child's pid.
 
@@ -109,12 +142,11 @@ def posix_spawn(request: SpawnRequest) -> int:
         raise RuntimeError("glibc posix_spawn with addchdir_np/addclosefrom_np is not available")
     if request.needs_fork:
         raise RuntimeError("this request needs the fork/execve launcher")
-    libc, environ, full, empty, reserved = _loaded
+    libc, environ, _, _, _ = _loaded
+    attr = _attributes(request.reset_signals, request.start_new_session, request.process_group)
     stdio, temps = lift_stdio_sources(request.stdio)
     actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
-    attr = ctypes.create_string_buffer(_ATTR_SIZE)
     libc.posix_spawn_file_actions_init(actions)
-    libc.posix_spawnattr_init(attr)
     try:
         rc = 0
         if request.cwd is not None:
@@ -137,18 +169,6 @@ def posix_spawn(request: SpawnRequest) -> int:
         rc = rc or libc.posix_spawn_file_actions_addclosefrom_np(
             actions, (keep[-1] + 1) if keep else 3
         )
-        flags = _SETSIGMASK | _SETSIGDEF
-        rc = rc or libc.posix_spawnattr_setsigmask(attr, empty)
-        # reset_signals puts every signal back to SIG_DFL; without it, only the ones glibc
-        # reserves (see _load), which the parent never ignores but glibc would leave ignored.
-        sigdefault = full if request.reset_signals else reserved
-        rc = rc or libc.posix_spawnattr_setsigdefault(attr, sigdefault)
-        if request.start_new_session:
-            flags |= _SETSID
-        if request.process_group is not None:
-            flags |= _SETPGROUP
-            rc = rc or libc.posix_spawnattr_setpgroup(attr, request.process_group)
-        rc = rc or libc.posix_spawnattr_setflags(attr, ctypes.c_short(flags))
         if rc:
             raise OSError(rc, os.strerror(rc))
         argv = _cstrings(list(request.argv))
@@ -157,7 +177,6 @@ def posix_spawn(request: SpawnRequest) -> int:
         rc = libc.posix_spawn(ctypes.byref(pid), request.executable, actions, attr, argv, envp)
     finally:
         libc.posix_spawn_file_actions_destroy(actions)
-        libc.posix_spawnattr_destroy(attr)
         close_fds(*temps)
     if rc:
         if request.cwd is not None:
