@@ -27,6 +27,7 @@ from .process import (
     Process,
     StdioSpec,
     communicate,
+    leave_block,
     spawn,
 )
 from .streams import FdReceiveStream, FdSendStream
@@ -121,21 +122,7 @@ class Pipeline:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            if self.stdin is not None:
-                self.stdin.close()
-            try:
-                await self.wait()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.stop()
-                raise
-            finally:
-                self._close_streams()
-        else:
-            self._close_streams()
-            with anyio.CancelScope(shield=True):
-                await self.stop()
+        await leave_block(self, self.stdin, exc_type is not None)
 
 
 async def spawn_pipeline(

@@ -255,12 +255,7 @@ class Process(anyio.abc.Process):
         so a child blocked on a full pipe gets EPIPE instead of deadlocking: PITFALLS.md 18).
         If the wait is cancelled, the child is stopped before the cancellation propagates."""
         self._close_streams()
-        try:
-            await self.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.stop()
-            raise
+        await wait_or_stop(self)
 
     async def __aexit__(
         self,
@@ -268,21 +263,42 @@ class Process(anyio.abc.Process):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            if self._stdin is not None:
-                self._stdin.close()
-            try:
-                await self.wait()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.stop()
-                raise
-            finally:
-                self._close_streams()
-        else:
-            self._close_streams()
-            with anyio.CancelScope(shield=True):
-                await self.stop()
+        await leave_block(self, self._stdin, exc_type is not None)
+
+
+class _Stoppable(Protocol):
+    async def wait(self) -> Any: ...
+
+    async def stop(self, timeout: float | None = None) -> Any: ...
+
+    def _close_streams(self) -> None: ...
+
+
+async def wait_or_stop(target: _Stoppable) -> None:
+    """Wait for ``target`` (a process or a pipeline); if the wait is interrupted by an error or
+    a cancellation, stop it, shielded, before letting that propagate."""
+    try:
+        await target.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await target.stop()
+        raise
+
+
+async def leave_block(target: _Stoppable, stdin: FdSendStream | None, failed: bool) -> None:
+    """What leaving ``async with target`` does: on a normal exit close stdin and wait; when the
+    block failed or was cancelled, close the pipes and stop ``target``."""
+    if not failed:
+        if stdin is not None:
+            stdin.close()
+        try:
+            await wait_or_stop(target)
+        finally:
+            target._close_streams()
+    else:
+        target._close_streams()
+        with anyio.CancelScope(shield=True):
+            await target.stop()
 
 
 _SIGKILL = signal.SIGKILL
@@ -473,14 +489,6 @@ async def _feed(stream: FdSendStream, data: bytes) -> None:
         pass  # the child stopped reading: what it did not take is dropped, as in subprocess
     finally:
         stream.close()
-
-
-class _Stoppable(Protocol):
-    async def wait(self) -> Any: ...
-
-    async def stop(self, timeout: float | None = None) -> Any: ...
-
-    def _close_streams(self) -> None: ...
 
 
 async def communicate(
