@@ -65,7 +65,7 @@ DEFAULT_KILL_TIMEOUT = 5.0
 DEFAULT_DRAIN_TIMEOUT = 1.0
 # 1 MiB pipes: fewer wake-ups and syscalls for chatty children. Unprivileged processes may be
 # refused past /proc/sys/fs/pipe-max-size (1 MiB by default); set_pipe_size tolerates that.
-_PIPE_SIZE = 1024 * 1024
+DEFAULT_PIPE_SIZE = 1024 * 1024
 
 
 # A module-level lazy proxy: it reads structlog's configuration when first used, so an
@@ -308,9 +308,10 @@ _SIGCONT = signal.SIGCONT
 class _Stdio:
     """The fds a spawn makes: child ends to close after the spawn, parent ends to keep."""
 
-    __slots__ = ("child_fds", "devnull", "parent_fds")
+    __slots__ = ("child_fds", "devnull", "parent_fds", "pipe_size")
 
-    def __init__(self) -> None:
+    def __init__(self, pipe_size: int | None) -> None:
+        self.pipe_size = pipe_size
         self.child_fds: list[int] = []
         self.parent_fds: list[int | None] = [None, None, None]
         self.devnull: int | None = None
@@ -326,7 +327,8 @@ class _Stdio:
                 parent, child = r, w
             self.parent_fds[target] = parent
             self.child_fds.append(child)
-            set_pipe_size(parent, _PIPE_SIZE)
+            if self.pipe_size is not None:
+                set_pipe_size(parent, self.pipe_size)
             return child
         if spec == DEVNULL:
             if self.devnull is None:
@@ -383,6 +385,7 @@ async def spawn(
     parent_death_signal: int | None = None,
     stop_signal: int = signal.SIGTERM,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    pipe_size: int | None = DEFAULT_PIPE_SIZE,
 ) -> Process:
     """Start ``argv`` as a child process and return its :class:`Process` once it has exec'd.
 
@@ -395,7 +398,10 @@ async def spawn(
     sent to the child by the kernel if the thread running this event loop dies first (it takes
     the fork path). ``stop_signal`` and ``stop_timeout``
     are the defaults :meth:`Process.stop` uses, also when the ``async with`` block is left by
-    an exception.
+    an exception. ``pipe_size`` raises the capacity of each PIPE (1 MiB by default: fewer
+    wake-ups for bulk output); None keeps the kernel's 64 KiB. Pipe memory counts against a
+    per-user budget (``/proc/sys/fs/pipe-user-pages-soft``), so many long-lived children
+    should keep the default size, as the Supervisor does.
 
     Raises the exec failure at once as the exact OSError: FileNotFoundError with ``filename`` =
     the program, PermissionError, or the cwd's error with ``filename`` = the cwd; TypeError or
@@ -405,7 +411,7 @@ async def spawn(
     await anyio.lowlevel.checkpoint_if_cancelled()
     check_sigchld_disposition()
     reaper = current_reaper()
-    stdio = _Stdio()
+    stdio = _Stdio(pipe_size)
     try:
         stdin_fd = stdio.resolve(stdin, 0, None)
         stdout_fd = stdio.resolve(stdout, 1, None)
@@ -477,7 +483,7 @@ async def spawn_shell(command: str | bytes, **kwargs: Any) -> Process:
 async def _collect(stream: FdReceiveStream, chunks: list[bytes]) -> None:
     try:
         while True:
-            chunks.append(await stream.receive(_PIPE_SIZE))
+            chunks.append(await stream.receive(DEFAULT_PIPE_SIZE))
     except (anyio.EndOfStream, anyio.ClosedResourceError):
         pass
 

@@ -628,6 +628,9 @@ class Supervisor:
                     cwd=spec.cwd,
                     env=self._env_for(spec, notify),
                     start_new_session=True,
+                    # Log lines need no 1 MiB pipes, and hundreds of children holding them
+                    # would eat the user's pipe budget (pipe-user-pages-soft).
+                    pipe_size=None,
                     parent_death_signal=signal.SIGKILL if spec.die_with_supervisor else None,
                     stop_signal=spec.stop_signal,
                     stop_timeout=spec.stop_timeout,
