@@ -68,10 +68,14 @@ class Config:
 # split with shlex and exec'd directly, which keeps signals going straight to the program.
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\*?\[\]{}~]|(^|\s)[A-Za-z_][A-Za-z0-9_]*=|\n")
 _SHELL_WORDS = frozenset({"if", "for", "while", "case", "until", "exec", "export", "cd", "."})
+# Syntax that makes a command more than one simple command, or changes its environment or
+# redirections: with none of it, the shell may `exec` the program instead of forking it.
+_COMPOUND = re.compile(r"[|&;<>()`\n]|(^|\s)[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def command_argv(command: str) -> list[str]:
-    """Turn a command line into an argv: shlex words, or ``/bin/sh -c`` for shell syntax.
+    """Turn a command line into an argv: shlex words, or ``/bin/sh -c`` for shell syntax
+    (``exec``-prefixed when the syntax is only expansions such as ``$PORT``).
 
     Raises ValueError for an empty command or unbalanced quotes.
     """
@@ -81,10 +85,13 @@ def command_argv(command: str) -> list[str]:
         words = shlex.split(command)
     except ValueError as exc:
         raise ValueError(f"cannot split command: {exc}") from None
-    if words[0] in _SHELL_WORDS or any(
-        _SHELL_SYNTAX.search(part) for part in _unquoted_parts(command)
-    ):
-        return ["/bin/sh", "-c", command]
+    unquoted = _unquoted_parts(command)
+    if words[0] in _SHELL_WORDS or any(_SHELL_SYNTAX.search(part) for part in unquoted):
+        if words[0] in _SHELL_WORDS or any(_COMPOUND.search(part) for part in unquoted):
+            return ["/bin/sh", "-c", command]
+        # Only expansions ($PORT, globs): `exec` lets the program replace the shell, so it is
+        # the supervised process itself and gets the stop signal directly.
+        return ["/bin/sh", "-c", f"exec {command}"]
     return words
 
 

@@ -670,20 +670,21 @@ class Supervisor:
         carries that session id belongs to the service that just ended.
         """
         me = os.getpid()
-        leftovers = [p for p in session_members(sid) if p.pid != me]
-        if not leftovers:
-            return
-        _log().warning(
-            "child.leftovers_killed", name=child.name, sid=sid, pids=[p.pid for p in leftovers]
-        )
-        for p in leftovers:
+        members = [p for p in session_members(sid) if p.pid != me]
+        # Zombies are already dead (the group kill got them): only their reaping is left.
+        live = [p for p in members if p.state != "Z"]
+        if live:
+            _log().warning(
+                "child.leftovers_killed", name=child.name, sid=sid, pids=[p.pid for p in live]
+            )
+        for p in live:
             try:
                 os.kill(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         reaper = current_reaper()
         with anyio.move_on_after(self._kill_timeout):
-            for p in leftovers:
+            for p in members:
                 if p.ppid != me:
                     continue  # init (or another subreaper) reaps it
                 watch = reaper.watch(p.pid)
