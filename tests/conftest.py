@@ -1,12 +1,19 @@
 """Shared fixtures. The autouse ``no_leaks`` fixture is the suite's strongest check: every test
-must leave behind no child process (live or zombie) and no new file descriptor."""
+must leave behind no child process (live or zombie) and no new file descriptor.
+
+Also the small process helpers several test modules share (``from conftest import ...``)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
+import anyio
 import pytest
+from structlog.testing import capture_logs
+
+import aproc
 
 
 def children_of(pid: int) -> dict[int, str]:
@@ -25,6 +32,55 @@ def children_of(pid: int) -> dict[int, str]:
         if int(fields[1]) == pid:
             found[int(entry)] = fields[0].decode()
     return found
+
+
+def proc_state(pid: int) -> str | None:
+    """State letter of ``pid`` from /proc, or None when it no longer exists."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def sig_ignored(pid: int, sig: int) -> bool:
+    """Whether ``pid`` ignores signal ``sig`` (its SigIgn mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    raise AssertionError("no SigIgn line")
+
+
+async def wait_gone(pid: int, timeout: float = 5.0) -> str | None:
+    """Poll (bounded) until ``pid`` is gone or a zombie waiting for init to reap it.
+
+    Only for processes that are not our children (orphaned grandchildren), which nothing can
+    wait for from here."""
+    state = proc_state(pid)
+    with anyio.move_on_after(timeout):
+        while state not in (None, "Z"):
+            await anyio.sleep(0.01)
+            state = proc_state(pid)
+    return state
+
+
+async def reap(proc: aproc.Process) -> None:
+    """Kill (no-op once reaped), close the pipes and reap; shielded and bounded."""
+    with anyio.fail_after(10, shield=True):
+        proc.kill()
+        await proc.aclose()
+
+
+async def read_all(stream: Any) -> bytes:
+    """Everything ``stream`` yields up to EOF."""
+    chunks = []
+    while True:
+        try:
+            chunks.append(await stream.receive())
+        except anyio.EndOfStream:
+            return b"".join(chunks)
 
 
 def open_fds() -> dict[int, str]:
@@ -61,6 +117,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         problems.append(f"file descriptors left open: {leaked_fds}")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """The structlog events the test emits (structlog.testing.capture_logs)."""
+    with capture_logs() as captured:
+        yield captured
 
 
 def pytest_configure(config: pytest.Config) -> None:

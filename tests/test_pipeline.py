@@ -11,20 +11,12 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import pytest
+from conftest import read_all
 from structlog.testing import capture_logs
 
 import aproc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("reaper_kind")]
-
-
-async def read_all(stream: anyio.abc.ByteReceiveStream) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunks.append(await stream.receive())
-        except anyio.EndOfStream:
-            return b"".join(chunks)
 
 
 def our_fd_targets() -> set[str]:

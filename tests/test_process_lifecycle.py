@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import pytest
 import structlog
-from conftest import children_of
+from conftest import children_of, read_all, reap, sig_ignored
 
 import aproc
 import aproc.process as aproc_process
@@ -37,13 +37,6 @@ LAUNCHERS = [
 # helpers
 
 
-async def reap(proc: aproc.Process) -> None:
-    """Kill (no-op once reaped), close the pipes and reap; shielded and bounded."""
-    with anyio.fail_after(10, shield=True):
-        proc.kill()
-        await proc.aclose()
-
-
 async def readline(stream: Any) -> bytes:
     """One line without its newline, read a byte at a time so nothing past it is consumed."""
     line = bytearray()
@@ -52,15 +45,6 @@ async def readline(stream: Any) -> bytes:
         if byte == b"\n":
             return bytes(line)
         line += byte
-
-
-async def read_all(stream: Any) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunks.append(await stream.receive())
-        except anyio.EndOfStream:
-            return b"".join(chunks)
 
 
 def proc_state(pid: int) -> str | None:
@@ -81,14 +65,6 @@ async def until(condition: Callable[[], bool], what: str, limit: float = 5.0) ->
                 await anyio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out after {limit} s waiting for: {what}") from None
-
-
-def sig_ignored(pid: int, sig: int) -> bool:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("SigIgn:"):
-                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    raise AssertionError("no SigIgn line")
 
 
 # --------------------------------------------------------------------------------------------

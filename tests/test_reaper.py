@@ -19,35 +19,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from conftest import children_of, is_uvloop
+from conftest import BACKENDS, children_of, is_uvloop, read_all, reap
 
 import aproc
 import aproc.process as aproc_process
 from aproc.reaper import current_reaper
 
 both_reapers = pytest.mark.usefixtures("reaper_kind")
-
-BACKENDS = [
-    pytest.param(("asyncio", {}), id="asyncio"),
-    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    pytest.param(("trio", {}), id="trio"),
-]
-
-
-async def reap(proc: aproc.Process) -> None:
-    """Kill (no-op once reaped), close the pipes and reap; shielded and bounded."""
-    with anyio.fail_after(10, shield=True):
-        proc.kill()
-        await proc.aclose()
-
-
-async def read_all(stream: Any) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunks.append(await stream.receive())
-        except anyio.EndOfStream:
-            return b"".join(chunks)
 
 
 def no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,33 +10,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from conftest import proc_state, wait_gone
 
 import aproc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("reaper_kind")]
-
-
-def proc_state(pid: int) -> str | None:
-    """State letter of ``pid`` from /proc, or None when it no longer exists."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
-async def wait_gone(pid: int, timeout: float = 5.0) -> str | None:
-    """Poll (bounded) until ``pid`` is gone or a zombie waiting for init to reap it.
-
-    Only for processes that are not our children (orphaned grandchildren), which nothing can
-    wait for from here."""
-    state = proc_state(pid)
-    with anyio.move_on_after(timeout):
-        while state not in (None, "Z"):
-            await anyio.sleep(0.01)
-            state = proc_state(pid)
-    return state
 
 
 async def test_run_completed_process_exact() -> None:

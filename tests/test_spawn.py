@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from conftest import children_of, open_fds
+from conftest import children_of, open_fds, read_all, reap
 
 import aproc
 import aproc.process as aproc_process
@@ -85,22 +85,6 @@ def used_launchers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     used: list[str] = []
     spy_on_launchers(monkeypatch, used)
     return used
-
-
-async def reap(proc: aproc.Process) -> None:
-    """Kill (no-op once reaped), close the pipes and reap; shielded and bounded."""
-    with anyio.fail_after(10, shield=True):
-        proc.kill()
-        await proc.aclose()
-
-
-async def read_all(stream: Any) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunks.append(await stream.receive())
-        except anyio.EndOfStream:
-            return b"".join(chunks)
 
 
 async def output_of(argv: Sequence[Any], **kwargs: Any) -> tuple[bytes, int]:

@@ -10,21 +10,13 @@ import signal
 import anyio
 import anyio.abc
 import pytest
+from conftest import read_all
 
 import aproc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("reaper_kind")]
 
 O_NONBLOCK = os.O_NONBLOCK
-
-
-async def read_all(stream: anyio.abc.ByteReceiveStream) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunks.append(await stream.receive())
-        except anyio.EndOfStream:
-            return b"".join(chunks)
 
 
 async def collect_lines(proc: aproc.Process, **kwargs: int) -> list[bytes]:

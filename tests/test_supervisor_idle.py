@@ -8,6 +8,7 @@ import time
 
 import anyio
 import pytest
+from supervisor_support import anyio_backend  # noqa: F401 (fixture)
 
 import aproc
 
@@ -15,12 +16,6 @@ pytestmark = pytest.mark.anyio
 
 CHILDREN = 50
 IDLE_SECONDS = 2.0
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
 
 
 def voluntary_context_switches() -> int:

@@ -9,64 +9,29 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from structlog.testing import capture_logs
+from conftest import proc_state, sig_ignored, wait_gone
+from supervisor_support import (
+    LIFECYCLE,
+    QUICK,
+    Events,
+    anyio_backend,  # noqa: F401 (fixture)
+    lifecycle,
+    named,
+    python,
+    sleepers,
+    wait_for,
+)
 
 import aproc
 
 pytestmark = pytest.mark.anyio
-
-QUICK = aproc.Backoff(initial=0.01, jitter=0)
-LIFECYCLE = frozenset(
-    {
-        "child.starting",
-        "child.ready",
-        "child.exited",
-        "child.restarting",
-        "child.stopping",
-        "child.stopped",
-    }
-)
-
-Events = list[MutableMapping[str, Any]]
-"""What structlog.testing.capture_logs collects."""
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
-@pytest.fixture
-def logs() -> Iterator[Events]:
-    with capture_logs() as captured:
-        yield captured
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` in 10 ms steps; fail the test after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-
-
-def lifecycle(logs: Events, start: int = 0) -> list[tuple[str, str]]:
-    return [(e["event"], e["name"]) for e in logs[start:] if e["event"] in LIFECYCLE]
-
-
-def named(logs: Events, event: str) -> Events:
-    return [e for e in logs if e["event"] == event]
-
-
-def sleepers(*names: str) -> list[aproc.ChildSpec]:
-    return [aproc.ChildSpec(name, ["sleep", "60"], backoff=QUICK) for name in names]
 
 
 def by_name(sup: aproc.Supervisor) -> dict[str, aproc.ChildStatus]:
@@ -76,32 +41,6 @@ def by_name(sup: aproc.Supervisor) -> dict[str, aproc.ChildStatus]:
 def replaced(status: aproc.ChildStatus, old_pid: int | None) -> bool:
     """Whether the child runs again as a new process (a dead one shows pid None)."""
     return status.state == "running" and status.pid not in (None, old_pid)
-
-
-def proc_state(pid: int) -> str | None:
-    """State letter of ``pid`` from /proc, or None when it no longer exists."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
-async def wait_gone(pid: int, timeout: float = 5.0) -> str | None:
-    """Poll (bounded) until ``pid`` is gone or a zombie waiting for init to reap it. Only for
-    processes that are not our children (orphaned grandchildren): nothing here can wait for
-    them."""
-    state = proc_state(pid)
-    with anyio.move_on_after(timeout):
-        while state not in (None, "Z"):
-            await anyio.sleep(0.01)
-            state = proc_state(pid)
-    return state
-
-
-def python(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
 
 
 class Lines:
@@ -253,14 +192,6 @@ async def test_children_stop_in_reverse_start_order(logs: Events) -> None:
     for pid in pids:
         assert pid is not None
         assert proc_state(pid) is None
-
-
-def sig_ignored(pid: int, sig: int) -> bool:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("SigIgn:"):
-                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    raise AssertionError("no SigIgn line")
 
 
 async def test_stop_escalates_to_sigkill_and_takes_grandchildren(

@@ -4,42 +4,23 @@ started only once their dependencies are ready; the sd_notify watchdog (PITFALLS
 from __future__ import annotations
 
 import socket
-import sys
-from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
+from supervisor_support import (
+    QUICK,
+    Events,
+    anyio_backend,  # noqa: F401 (fixture)
+    named,
+    python,
+    wait_for,
+)
 
 import aproc
 from aproc.readiness import ReadyCheck
 
 pytestmark = pytest.mark.anyio
-
-QUICK = aproc.Backoff(initial=0.01, jitter=0)
-
-Events = list[MutableMapping[str, Any]]
-"""What structlog.testing.capture_logs collects."""
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
-@pytest.fixture
-def logs() -> Iterator[Events]:
-    with capture_logs() as captured:
-        yield captured
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` in 10 ms steps; fail the test after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 def index_of(logs: Events, event: str, **fields: Any) -> int:
@@ -50,19 +31,11 @@ def index_of(logs: Events, event: str, **fields: Any) -> int:
     raise AssertionError(f"no {event} event with {fields} in {logs}")
 
 
-def named(logs: Events, event: str) -> Events:
-    return [e for e in logs if e["event"] == event]
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-def python(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
 
 
 class StatesAtLine:

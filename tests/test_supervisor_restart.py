@@ -6,45 +6,23 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
+from supervisor_support import (
+    QUICK,
+    Events,
+    anyio_backend,  # noqa: F401 (fixture)
+    named,
+    pid_exists,
+    wait_for,
+)
 
 import aproc
 
 pytestmark = pytest.mark.anyio
-
-QUICK = aproc.Backoff(initial=0.01, jitter=0)
-
-Events = list[MutableMapping[str, Any]]
-"""What structlog.testing.capture_logs collects."""
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
-@pytest.fixture
-def logs() -> Iterator[Events]:
-    with capture_logs() as captured:
-        yield captured
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` in 10 ms steps; fail the test after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-
-
-def named(logs: Events, event: str) -> Events:
-    return [e for e in logs if e["event"] == event]
 
 
 def first_run_then_sleep(marker: Path, first: str) -> list[str]:
@@ -52,10 +30,6 @@ def first_run_then_sleep(marker: Path, first: str) -> list[str]:
     ``marker``) and sleeps on every later start."""
     script = f'if [ -e "$1" ]; then exec sleep 60; fi; : > "$1"; {first}'
     return ["sh", "-c", script, "sh", str(marker)]
-
-
-def pid_exists(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
 
 
 def running_again(sup: aproc.Supervisor, old_pid: int | None) -> bool:

@@ -5,67 +5,25 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
+from supervisor_support import (
+    Events,
+    anyio_backend,  # noqa: F401 (fixture)
+    lifecycle,
+    pid_exists,
+    sleepers,
+    wait_for,
+)
 
 import aproc
 
 pytestmark = pytest.mark.anyio
 
-LIFECYCLE = frozenset(
-    {
-        "child.starting",
-        "child.ready",
-        "child.exited",
-        "child.restarting",
-        "child.stopping",
-        "child.stopped",
-    }
-)
-
-Events = list[MutableMapping[str, Any]]
-"""What structlog.testing.capture_logs collects."""
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
-@pytest.fixture
-def logs() -> Iterator[Events]:
-    with capture_logs() as captured:
-        yield captured
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` in 10 ms steps; fail the test after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-
-
-def lifecycle(logs: Events, start: int = 0) -> list[tuple[str, str]]:
-    return [(e["event"], e["name"]) for e in logs[start:] if e["event"] in LIFECYCLE]
-
-
-def pid_exists(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
-
 
 def pids(sup: aproc.Supervisor) -> dict[str, int | None]:
     return {s.name: s.pid for s in sup.status()}
-
-
-def sleepers(*names: str) -> list[aproc.ChildSpec]:
-    # jitter=0 keeps the restart delay exact; 10 ms keeps the tests quick.
-    backoff = aproc.Backoff(initial=0.01, jitter=0)
-    return [aproc.ChildSpec(name, ["sleep", "60"], backoff=backoff) for name in names]
 
 
 def all_replaced(sup: aproc.Supervisor, old: dict[str, int | None], names: str) -> bool:
