@@ -532,6 +532,11 @@ async def communicate(
                     await target.stop()
                 readers.cancel_scope.deadline = anyio.current_time() + drain_timeout
             feeders.cancel_scope.cancel()
+        # A cancellation that struck while this task was between awaits reaches only the
+        # reader tasks, which then stop short; a task group whose tasks are gone exits without
+        # a cancellation check, so it would go unnoticed and the caller would get a truncated
+        # result from a call it cancelled. Let it propagate here instead.
+        await anyio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         with anyio.CancelScope(shield=True):
             await target.stop()
