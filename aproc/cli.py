@@ -190,7 +190,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         max_seconds=config.max_seconds,
         on_output=printer,
         log_output=False,
-        subreaper=True,
+        # Not a subreaper: an orphan that also left its service's session (double fork +
+        # setsid) would re-parent to us and, once it exits, stay a zombie until aproc exits,
+        # since nothing here waits on pids it does not know. PID 1 reaps those; `aproc init`
+        # is the tool for containers whose PID 1 does not.
+        subreaper=False,
     )
     socket_path = Path(args.socket) if args.socket else None
     try:

@@ -297,7 +297,9 @@ class Supervisor:
     When a service ends, whatever it left in its session is killed with it. ``subreaper=True``
     (Linux) also makes this process a child subreaper, so orphans of the services re-parent to
     it rather than to PID 1, and are reaped when their service ends. It is a process-wide
-    setting: use it when the supervisor owns the process, as ``aproc up`` does.
+    setting, and an orphan that also left its service's session (double fork + setsid) is
+    never reaped by the supervisor: use it only when the services' orphans stay in their
+    sessions. ``aproc up`` leaves it off.
 
     Example::
 
