@@ -382,14 +382,12 @@ def parse_toml(text: str, path: str = "aproc.toml", base_dir: str | None = None)
         raise ConfigError(path, None, "no [process.NAME] tables defined")
     reader.expect((), "process", processes, (dict,), "[process.NAME] tables")
     specs: list[ChildSpec] = []
-    lines: dict[str, int | None] = {}
     for name, table in processes.items():
         where = ("process", name)
         if not _NAME.match(name):
             raise reader.error(where, None, f"invalid process name {name!r}")
         reader.expect(("process",), name, table, (dict,), "a table")
         specs.append(_process_spec(reader, name, table, base_dir))
-        lines[name] = reader.where.table("process", name)
     known = {spec.name for spec in specs}
     for spec in specs:
         for dep in spec.depends_on:

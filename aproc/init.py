@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from .primitives import ExitStatus, SpawnRequest, spawn
-from .primitives.tree import become_subreaper, children_of
+from .primitives.tree import become_subreaper, children_of, kill_all
 
 __all__ = ["FORWARDED_SIGNALS", "exit_code", "run_init"]
 
@@ -57,14 +57,6 @@ def _reap_all(main_pid: int) -> tuple[ExitStatus | None, bool]:
 
 def _direct_children() -> list[int]:
     return [p.pid for p in children_of(os.getpid()) if p.state != "Z"]
-
-
-def _signal_all(pids: Sequence[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def run_init(argv: Sequence[str], *, grace: float = 5.0) -> int:
@@ -115,10 +107,10 @@ def _stop_leftovers(main_pid: int, grace: float) -> None:
         os.killpg(main_pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    _signal_all(_direct_children(), signal.SIGTERM)
+    kill_all(_direct_children(), signal.SIGTERM)
     for sig, budget in ((None, grace), (signal.SIGKILL, 1.0)):
         if sig is not None:
-            _signal_all(_direct_children(), sig)
+            kill_all(_direct_children(), sig)
         deadline = time.monotonic() + budget
         while left:
             remaining = deadline - time.monotonic()

@@ -170,7 +170,6 @@ class Process(anyio.abc.Process):
         if self._exit_logged:
             return
         self._exit_logged = True
-        self._watch.close()
         status = self._watch.status
         assert status is not None
         _log.debug(

@@ -137,11 +137,10 @@ class NotifySocket:
             except Exception:
                 pass  # no event loop in this thread: nobody can be waiting on it
             self._sock.close()
-        for path in (self.path,):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
         try:
             os.rmdir(self._dir)
         except OSError:

@@ -32,7 +32,7 @@ import anyio.abc
 import structlog
 
 from .errors import LineTooLongError, SupervisorGaveUp
-from .primitives.tree import become_subreaper, session_members
+from .primitives.tree import become_subreaper, kill_all, session_members
 from .process import PIPE, Process, spawn
 from .readiness import NotifySocket, ReadyCheck, ReadyLine, ReadyNotify, ReadyTcp
 from .reaper import check_sigchld_disposition, current_reaper
@@ -547,7 +547,7 @@ class Supervisor:
         for child in reversed(self._children):
             await self._stop(child)
 
-    def _record_restart(self, child: _Child) -> bool:
+    def _record_restart(self) -> bool:
         """Count a restart in the intensity window; False once the limit is exceeded."""
         now = time.monotonic()
         window = self._restart_times
@@ -577,7 +577,7 @@ class Supervisor:
                     if ran_for >= child.spec.backoff.reset_after:
                         child.attempt = 0
                     child.attempt += 1
-                    if not self._record_restart(child):
+                    if not self._record_restart():
                         await self._give_up(child)
                         return
                     child.restarts += 1
@@ -589,11 +589,11 @@ class Supervisor:
                         delay=round(delay, 3),
                         strategy=self.strategy,
                     )
-                    if self.strategy != "one_for_one":
-                        child.set_state("backoff")
-                        self._tg_start_soon(self._restart_group, child, delay)
-                        return
                     child.set_state("backoff")
+                    if self.strategy != "one_for_one":
+                        assert self._tg is not None
+                        self._tg.start_soon(self._restart_group, child, delay)
+                        return
                     await anyio.sleep(delay)
         finally:
             child.scope = None
@@ -602,10 +602,6 @@ class Supervisor:
                 child.set_state("stopped")
             child.done.set()
             self._check_done()
-
-    def _tg_start_soon(self, func: Callable[..., Any], *args: Any) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(func, *args)
 
     async def _run_once(self, child: _Child, started: anyio.Event) -> tuple[int | None, float]:
         """Start one incarnation of ``child`` and watch it until it ends.
@@ -679,11 +675,7 @@ class Supervisor:
             _log().warning(
                 "child.leftovers_killed", name=child.name, sid=sid, pids=[p.pid for p in live]
             )
-        for p in live:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all((p.pid for p in live), signal.SIGKILL)
         reaper = current_reaper()
         with anyio.move_on_after(self._kill_timeout):
             for p in members:

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["ProcInfo", "become_subreaper", "children_of", "list_processes", "session_members"]
+__all__ = [
+    "ProcInfo",
+    "become_subreaper",
+    "children_of",
+    "kill_all",
+    "list_processes",
+    "session_members",
+]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -62,6 +70,16 @@ def children_of(pid: int) -> list[ProcInfo]:
 def session_members(sid: int) -> list[ProcInfo]:
     """The processes of session ``sid``, zombies included."""
     return [p for p in list_processes() if p.sid == sid]
+
+
+def kill_all(pids: Iterable[int], sig: int) -> None:
+    """Send ``sig`` to each pid, skipping those already gone. Only for processes that cannot
+    be recycled under us (our unreaped children or zombies, members of a live session)."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def become_subreaper() -> bool:
